@@ -1,0 +1,36 @@
+# Two entry points: `make serve` and `make test`. Each creates the environment when needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+MODELS ?= models
+
+.PHONY: serve test lint examples bench clean
+
+$(BIN)/tandem: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[export,dev]'
+	touch $@
+
+examples: $(BIN)/tandem
+	$(BIN)/python -m exporters.examples --models $(MODELS)
+
+serve: $(BIN)/tandem
+	@test -d $(MODELS)/digits_mlp -a -d $(MODELS)/digits_cnn || $(MAKE) examples
+	$(BIN)/tandem serve --models $(MODELS) --port $(PORT)
+
+lint: $(BIN)/tandem
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: $(BIN)/tandem lint
+	$(BIN)/python -m pytest
+
+bench: $(BIN)/tandem
+	@test -d $(MODELS)/digits_mlp || $(MAKE) examples
+	$(BIN)/python -m benchmarks.run --models $(MODELS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache

@@ -1,0 +1,212 @@
+"""Wire tensors <-> numpy arrays: dtype map, JSON parsing, coercion, shape checks. Pure functions."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from service.errors import BadRequestError, PayloadTooLargeError
+
+if TYPE_CHECKING:
+    from service.runtimes import TensorSpec
+
+DATATYPE_TO_NUMPY: dict[str, str] = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+    "BYTES": "object",
+}
+NUMPY_TO_DATATYPE: dict[str, str] = {v: k for k, v in DATATYPE_TO_NUMPY.items()}
+_NUMPY_DTYPES: dict[str, np.dtype[Any]] = {k: np.dtype(v) for k, v in DATATYPE_TO_NUMPY.items()}
+
+
+def numpy_dtype(datatype: str) -> np.dtype[Any]:
+    """Numpy dtype for a V2 datatype name; 400 for a name tandem does not know."""
+    try:
+        return _NUMPY_DTYPES[datatype]
+    except KeyError:
+        raise BadRequestError(f"unsupported datatype '{datatype}'") from None
+
+
+def datatype_of(dtype: np.dtype[Any]) -> str:
+    """V2 datatype name for a numpy dtype (str and bytes arrays count as BYTES)."""
+    if dtype.kind in "OSU":
+        return "BYTES"
+    return NUMPY_TO_DATATYPE[dtype.name]
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a JSON body fast; NaN/Infinity tokens are accepted (slow path) as TF Serving does."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if not body.strip():
+            raise BadRequestError("request body is empty; expected JSON") from None
+        try:  # orjson rejects NaN/Infinity; stdlib json accepts them.
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            raise BadRequestError(f"malformed JSON: {exc.msg} at position {exc.pos}") from None
+
+
+def dumps(obj: Any) -> bytes:
+    """Strict JSON: numpy arrays serialised natively, NaN and +-Inf written as null."""
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def to_array(data: Any, datatype: str, what: str) -> np.ndarray:
+    """Coerce a JSON value (flat or nested list, or scalar) to an array of `datatype` without silent casts."""
+    dtype = numpy_dtype(datatype)
+    if datatype == "BYTES":
+        return _bytes_array(data, what)
+    try:
+        if dtype.kind == "f":
+            arr = np.asarray(data, dtype=dtype)
+        else:
+            arr = np.asarray(data)
+    except (ValueError, TypeError, OverflowError):
+        raise BadRequestError(f"{what}: data is not a rectangular array of {datatype} values") from None
+    if dtype.kind == "f":
+        return arr
+    return _check_integral(arr, dtype, datatype, what)
+
+
+def _check_integral(arr: np.ndarray, dtype: np.dtype[Any], datatype: str, what: str) -> np.ndarray:
+    if arr.size == 0:
+        return arr.astype(dtype)
+    if dtype.kind == "b":
+        if arr.dtype.kind != "b":
+            raise BadRequestError(f"{what}: expected true/false values for {datatype}, got {_kind_name(arr)}")
+        return arr
+    if arr.dtype.kind not in "iu":
+        raise BadRequestError(f"{what}: expected integer values for {datatype}, got {_kind_name(arr)}")
+    info = np.iinfo(dtype)
+    if arr.min() < info.min or arr.max() > info.max:
+        raise BadRequestError(f"{what}: value out of range for {datatype} [{info.min}, {info.max}]")
+    return arr.astype(dtype, copy=False)
+
+
+def _kind_name(arr: np.ndarray) -> str:
+    return {"f": "floats", "b": "booleans", "U": "strings", "O": "mixed values"}.get(arr.dtype.kind, arr.dtype.name)
+
+
+def _bytes_array(data: Any, what: str) -> np.ndarray:
+    try:
+        shaped = np.asarray(data, dtype=object)
+    except ValueError:
+        raise BadRequestError(f"{what}: data is not a rectangular array") from None
+    out = np.empty(shaped.shape, dtype=object)
+    for index, item in np.ndenumerate(shaped):
+        if isinstance(item, str):
+            out[index] = item.encode()
+        elif isinstance(item, bytes):
+            out[index] = item
+        else:
+            raise BadRequestError(f"{what}: BYTES elements must be strings, got {type(item).__name__}")
+    return out
+
+
+def reshape(arr: np.ndarray, shape: Sequence[int], what: str) -> np.ndarray:
+    """Give `arr` the declared `shape`; the element counts must agree."""
+    count = math.prod(shape)
+    if arr.size != count:
+        raise BadRequestError(f"{what}: shape {list(shape)} needs {count} elements, data has {arr.size}")
+    return arr.reshape(shape)
+
+
+def check_shape(shape: Any, what: str, max_bytes: int, itemsize: int) -> list[int]:
+    """Validate a client-declared shape: a list of non-negative ints whose byte size fits the body limit."""
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise BadRequestError(f"{what}: 'shape' must be a list of non-negative integers, got {shape!r:.80}")
+    if math.prod(shape) * max(itemsize, 1) > max_bytes:
+        raise PayloadTooLargeError(f"{what}: shape {shape} exceeds the {max_bytes}-byte limit")
+    return shape
+
+
+def check_inputs(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], model: str) -> int:
+    """Check names, dtypes, ranks and fixed dims against the model; return the batch rows (dim 0)."""
+    expected = {spec.name for spec in specs}
+    missing = [name for name in expected if name not in arrays]
+    if missing:
+        raise BadRequestError(f"{model}: missing input(s) {sorted(missing)}; expected {sorted(expected)}")
+    unknown = [name for name in arrays if name not in expected]
+    if unknown:
+        raise BadRequestError(f"{model}: unknown input(s) {sorted(unknown)}; expected {sorted(expected)}")
+    rows = -1
+    for spec in specs:
+        arr = arrays[spec.name]
+        _check_one(arr, spec, model)
+        if spec.shape and spec.shape[0] == -1:
+            if rows not in (-1, arr.shape[0]):
+                raise BadRequestError(f"{model}: inputs disagree on batch size ({rows} vs {arr.shape[0]})")
+            rows = arr.shape[0]
+    return max(rows, 1)
+
+
+def _check_one(arr: np.ndarray, spec: TensorSpec, model: str) -> None:
+    what = f"{model}: input '{spec.name}'"
+    if datatype_of(arr.dtype) != spec.datatype:
+        raise BadRequestError(f"{what} expects datatype {spec.datatype}, got {datatype_of(arr.dtype)}")
+    if arr.ndim != len(spec.shape):
+        raise BadRequestError(f"{what} expects shape {list(spec.shape)} (rank {len(spec.shape)}), got {list(arr.shape)}")
+    for got, want in zip(arr.shape, spec.shape, strict=True):
+        if want >= 0 and got != want:
+            raise BadRequestError(f"{what} expects shape {list(spec.shape)}, got {list(arr.shape)}")
+
+
+def encode_bytes_element(value: bytes) -> Any:
+    """A BYTES element for JSON: UTF-8 text when valid, else {"b64": ...}."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        import base64
+
+        return {"b64": base64.b64encode(value).decode()}
+
+
+def bytes_to_jsonable(arr: np.ndarray) -> Any:
+    """A BYTES array as nested lists of str (or {"b64"}) for JSON."""
+    flat = [encode_bytes_element(v if isinstance(v, bytes) else str(v).encode()) for v in arr.reshape(-1)]
+    return np.asarray(flat, dtype=object).reshape(arr.shape).tolist() if arr.ndim else flat[0]
+
+
+def serialize_bytes_tensor(arr: np.ndarray) -> bytes:
+    """Triton's binary BYTES layout: each element as a 4-byte little-endian length then its bytes."""
+    parts: list[bytes] = []
+    for item in arr.reshape(-1):
+        raw = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(len(raw).to_bytes(4, "little"))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def deserialize_bytes_tensor(raw: bytes | memoryview, count: int, what: str) -> np.ndarray:
+    """Inverse of serialize_bytes_tensor; exactly `count` elements must fill `raw`."""
+    out = np.empty(count, dtype=object)
+    view = memoryview(raw)
+    offset = 0
+    for i in range(count):
+        if offset + 4 > len(view):
+            raise BadRequestError(f"{what}: binary BYTES data ends after {i} of {count} elements")
+        size = int.from_bytes(view[offset : offset + 4], "little")
+        offset += 4
+        if offset + size > len(view):
+            raise BadRequestError(f"{what}: binary BYTES element {i} overruns the data")
+        out[i] = bytes(view[offset : offset + size])
+        offset += size
+    if offset != len(view):
+        raise BadRequestError(f"{what}: {len(view) - offset} trailing bytes after {count} BYTES elements")
+    return out

@@ -1,0 +1,118 @@
+"""TensorFlow SavedModel runtime: one signature of tf.saved_model.load, GPU memory growth on."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.errors import InternalError, ModelLoadError, OutOfMemoryError
+from service.runtimes import RuntimeOptions, TensorSpec, available_cpus
+
+log = logging.getLogger("tandem.runtime.savedmodel")
+_configured = threading.Lock()
+_done = False
+
+
+def _configure_tensorflow(options: RuntimeOptions) -> Any:
+    """Import TensorFlow once, with memory growth and thread counts set before it initialises."""
+    global _done
+    import tensorflow as tf
+
+    with _configured:
+        if not _done:
+            gpus = tf.config.list_physical_devices("GPU")
+            if options.device == "cpu":
+                tf.config.set_visible_devices([], "GPU")
+            else:
+                for gpu in gpus:
+                    tf.config.experimental.set_memory_growth(gpu, True)
+            threads = options.intra_op_threads or available_cpus()
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+            _done = True
+    return tf
+
+
+def _datatype(dtype: Any) -> str:
+    from service.codec import datatype_of
+
+    if dtype.name == "string":
+        return "BYTES"
+    if dtype.name == "bfloat16":
+        raise ModelLoadError("bfloat16 tensors are not supported")
+    return datatype_of(np.dtype(dtype.as_numpy_dtype))
+
+
+def _spec(name: str, spec: Any) -> TensorSpec:
+    dims = spec.shape.as_list() if spec.shape.rank is not None else []
+    return TensorSpec(name, _datatype(spec.dtype), tuple(-1 if d is None else int(d) for d in dims))
+
+
+def choose_signature(names: list[str], wanted: str | None) -> str:
+    """The configured signature, else serving_default, else serve, else the only one."""
+    if wanted is not None:
+        if wanted not in names:
+            raise ModelLoadError(f"signature '{wanted}' not found; the model has {sorted(names)}")
+        return wanted
+    for name in ("serving_default", "serve"):
+        if name in names:
+            return name
+    if len(names) == 1:
+        return names[0]
+    raise ModelLoadError(f"no serving_default signature; set signature_name to one of {sorted(names)}")
+
+
+class SavedModelRuntime:
+    """A TensorFlow SavedModel served through one of its signatures."""
+
+    format = "savedmodel"
+
+    def __init__(self, artifact: Path, options: RuntimeOptions) -> None:
+        tf = _configure_tensorflow(options)
+        self._tf = tf
+        gpus = tf.config.list_logical_devices("GPU")
+        want_gpu = options.device != "cpu"
+        self.degraded = options.device == "cuda" and not gpus
+        if self.degraded and not options.allow_cpu_fallback:
+            raise ModelLoadError("configured for GPU but TensorFlow sees no GPU (CUDA 12 libraries or driver missing)")
+        use_gpu = want_gpu and bool(gpus)
+        self.device = f"cuda:{options.gpu_device_id}" if use_gpu else "cpu"
+        self._tf_device = f"/GPU:{options.gpu_device_id}" if use_gpu else "/CPU:0"
+        try:
+            with tf.device(self._tf_device):
+                self._model = tf.saved_model.load(str(artifact))
+        except Exception as exc:
+            raise ModelLoadError(f"not a loadable SavedModel ({type(exc).__name__})") from exc
+        self.signature_name = choose_signature(list(self._model.signatures.keys()), options.signature_name)
+        self._fn = self._model.signatures[self.signature_name]
+        args = self._fn.structured_input_signature[1]
+        self.inputs = [_spec(name, args[name]) for name in sorted(args)]
+        outs = self._fn.structured_outputs
+        self.outputs = [_spec(name, outs[name]) for name in sorted(outs)]
+        log.info("loaded %s on %s (signature %s)", artifact.parent.name, self.device, self.signature_name)
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch through the signature."""
+        tf = self._tf
+        try:
+            with tf.device(self._tf_device):
+                result = self._fn(**{name: tf.constant(value) for name, value in inputs.items()})
+        except tf.errors.ResourceExhaustedError as exc:
+            raise OutOfMemoryError("the model ran out of device memory for this batch") from exc
+        except Exception as exc:
+            raise InternalError("model execution failed") from exc
+        return {name: value.numpy() for name, value in result.items()}
+
+    def close(self) -> None:
+        """Drop references so TensorFlow can free the model."""
+        del self._fn
+        del self._model
+
+
+def load(artifact: Path, options: RuntimeOptions) -> SavedModelRuntime:
+    """Entry point used by service.runtimes.load_runtime."""
+    return SavedModelRuntime(artifact, options)
