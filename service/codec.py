@@ -73,10 +73,7 @@ def to_array(data: Any, datatype: str, what: str) -> np.ndarray:
     if datatype == "BYTES":
         return _bytes_array(data, what)
     try:
-        if dtype.kind == "f":
-            arr = np.asarray(data, dtype=dtype)
-        else:
-            arr = np.asarray(data)
+        arr = np.asarray(data, dtype=dtype) if dtype.kind == "f" else np.asarray(data)
     except (ValueError, TypeError, OverflowError):
         raise BadRequestError(f"{what}: data is not a rectangular array of {datatype} values") from None
     if dtype.kind == "f":
@@ -161,7 +158,9 @@ def _check_one(arr: np.ndarray, spec: TensorSpec, model: str) -> None:
     if datatype_of(arr.dtype) != spec.datatype:
         raise BadRequestError(f"{what} expects datatype {spec.datatype}, got {datatype_of(arr.dtype)}")
     if arr.ndim != len(spec.shape):
-        raise BadRequestError(f"{what} expects shape {list(spec.shape)} (rank {len(spec.shape)}), got {list(arr.shape)}")
+        raise BadRequestError(
+            f"{what} expects shape {list(spec.shape)} (rank {len(spec.shape)}), got {list(arr.shape)}"
+        )
     for got, want in zip(arr.shape, spec.shape, strict=True):
         if want >= 0 and got != want:
             raise BadRequestError(f"{what} expects shape {list(spec.shape)}, got {list(arr.shape)}")

@@ -35,7 +35,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body, raw or decoded (bytes).")
     max_batch_size: int = Field(64, ge=0, description="Default rows per runtime call; <= 1 turns batching off.")
     max_batch_delay_ms: float = Field(
-        2.0, ge=0, le=10_000, description="Default longest wait of the oldest queued request under concurrent load (ms)."
+        2.0,
+        ge=0,
+        le=10_000,
+        description="Default longest wait of the oldest queued request under concurrent load (ms).",
     )
     max_queue_size: int = Field(1024, ge=1, description="Default requests waiting per model version; full -> 503.")
     queue_timeout_ms: float = Field(0, ge=0, description="Default longest wait before a batch starts (ms); 0 = none.")
@@ -44,8 +47,13 @@ class Settings(BaseSettings):
     )
     max_concurrent_batches: int = Field(1, ge=1, le=64, description="Default batches of one version running at once.")
     warmup: bool = Field(True, description="Run synthetic inputs through each model before it counts as ready.")
-    enable_model_control: bool = Field(False, description="Turn on load/unload/register/scale endpoints (403 when off).")
+    enable_model_control: bool = Field(
+        False, description="Turn on load/unload/register/scale endpoints (403 when off)."
+    )
     admin_token: SecretStr | None = Field(None, description="Bearer token the control endpoints require.")
+    poll_interval_s: float = Field(
+        0, ge=0, description="Rescan the repository for new or removed versions every N seconds; 0 = off."
+    )
     drain_timeout_s: float = Field(
         20.0, ge=0, le=600, description="On SIGTERM, longest wait for queued and running requests (s)."
     )
@@ -53,9 +61,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _control_needs_token(self) -> Settings:
         if self.enable_model_control and self.host not in LOOPBACK_HOSTS and self.admin_token is None:
-            raise ValueError(
-                "enable_model_control on a non-loopback host requires admin_token (TANDEM_ADMIN_TOKEN)"
-            )
+            raise ValueError("enable_model_control on a non-loopback host requires admin_token (TANDEM_ADMIN_TOKEN)")
         return self
 
 

@@ -106,7 +106,7 @@ def _cgroup_cpu_quota() -> float | None:
 def gpu_count() -> int:
     """Number of NVIDIA GPUs visible through NVML; 0 where there is no driver or no nvidia-ml-py."""
     try:
-        import pynvml  # type: ignore[import-untyped]
+        import pynvml
     except ImportError:
         return 0
     try:

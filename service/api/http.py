@@ -1,0 +1,173 @@
+"""HTTP plumbing every dialect shares: body limits, deadlines, request accounting, client disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from service.errors import BadRequestError, PayloadTooLargeError, ServiceError, UnsupportedMediaTypeError
+
+if TYPE_CHECKING:
+    from service.metrics import Metrics
+    from service.registry import Limits, LoadedModel, Registry
+    from service.settings import Settings
+
+T = TypeVar("T")
+JSON = "application/json"
+TIMEOUT_HEADER = "x-request-timeout-ms"
+CALL_KEY = "tandem.call"
+
+
+@dataclass(slots=True)
+class Call:
+    """Per-request accounting: which dialect and model it reached, and when it arrived."""
+
+    dialect: str
+    started: float
+    model: str = ""
+    version: str = ""
+
+    def bind(self, model: LoadedModel) -> None:
+        """Label metrics with the registry's names, never the raw path."""
+        self.model, self.version = model.name, str(model.version)
+
+
+def begin(request: Request, dialect: str) -> Call:
+    """Start accounting for a model route."""
+    call = Call(dialect, time.perf_counter())
+    request.scope[CALL_KEY] = call
+    return call
+
+
+def finish(metrics: Metrics, call: Call, code: int, outcome: str) -> None:
+    """Count the request by final status; time it when it succeeded."""
+    metrics.requests.labels(call.dialect, call.model, call.version, str(code), outcome).inc()
+    if code < 300:
+        metrics.request_duration.labels(call.dialect, call.model, call.version).observe(
+            time.perf_counter() - call.started
+        )
+
+
+def finish_error(request: Request, err: ServiceError) -> None:
+    """Count a failed request if it reached a model route."""
+    call = request.scope.get(CALL_KEY)
+    if call is not None:
+        finish(request.app.state.metrics, call, err.status_code, err.outcome)
+
+
+def registry(request: Request) -> Registry:
+    """The app's registry."""
+    reg: Registry = request.app.state.registry
+    return reg
+
+
+def settings(request: Request) -> Settings:
+    """The app's settings."""
+    s: Settings = request.app.state.settings
+    return s
+
+
+def parse_version(text: str | None, name: str) -> int | None:
+    """A path version: positive decimal int64 without leading zeros, else 404 as an unknown version."""
+    if text is None:
+        return None
+    if not text.isdigit() or text.startswith("0") or len(text) > 19 or int(text) > 2**63 - 1:
+        from service.errors import VersionNotFoundError
+
+        raise VersionNotFoundError(f"model '{name}' has no version '{text:.40}'")
+    return int(text)
+
+
+async def read_body(request: Request, max_bytes: int, *, decompress: bool = False) -> bytes:
+    """The request body, refused with 413 past max_bytes: by Content-Length, streamed, and decoded."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise BadRequestError("Content-Length is not a number")
+        if int(length) > max_bytes:
+            raise PayloadTooLargeError(f"request body of {length} bytes exceeds max_body_bytes={max_bytes}")
+        body = await request.body()
+    else:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLargeError(f"request body exceeds max_body_bytes={max_bytes}")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if not decompress or encoding not in ("gzip", "deflate"):
+        raise UnsupportedMediaTypeError(f"Content-Encoding '{encoding:.40}' is not supported")
+    return _inflate(body, encoding, max_bytes)
+
+
+def _inflate(body: bytes, encoding: str, max_bytes: int) -> bytes:
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        out = inflater.decompress(body, max_bytes + 1)
+    except zlib.error:
+        raise BadRequestError(f"body is not valid {encoding} data") from None
+    if len(out) > max_bytes or inflater.unconsumed_tail:
+        raise PayloadTooLargeError(f"decoded request body exceeds max_body_bytes={max_bytes}")
+    return out
+
+
+def deadline(request: Request, limits: Limits | None, timeout_us: int | None = None) -> float:
+    """Absolute monotonic deadline: request_timeout_ms, shortened by the header or V2 'timeout'."""
+    timeout_ms = limits.request_timeout_ms if limits else settings(request).request_timeout_ms
+    header = request.headers.get(TIMEOUT_HEADER)
+    if header is not None:
+        try:
+            asked = float(header)
+        except ValueError:
+            asked = -1.0
+        if not asked > 0:
+            raise BadRequestError(f"{TIMEOUT_HEADER} must be a positive number of milliseconds")
+        timeout_ms = min(timeout_ms, asked)
+    if timeout_us is not None:
+        timeout_ms = min(timeout_ms, timeout_us / 1000)
+    return time.monotonic() + timeout_ms / 1000
+
+
+class ClientGone(Exception):
+    """The client closed the connection while its request waited; recorded as 499, never sent."""
+
+
+async def until_done_or_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (so a queued request is dropped)."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:
+            raise ClientGone() from None
+        raise
+    finally:
+        watcher.cancel()
+
+
+def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A strict-JSON response with exactly 'application/json' (no charset), as KServe's client expects."""
+    from service.codec import dumps
+
+    return Response(dumps(content), status_code=status_code, headers=headers, media_type=JSON)

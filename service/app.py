@@ -1,0 +1,161 @@
+"""create_app(settings): the lifespan loads the registry, routers are mounted, errors get each dialect's body."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Receive, Scope, Send
+
+from service.api import health, v2
+from service.api.http import CALL_KEY, ClientGone, finish, finish_error, json_response
+from service.errors import (
+    BadRequestError,
+    InternalError,
+    MethodNotAllowedError,
+    RouteNotFoundError,
+    ServiceError,
+    error_body_torchserve,
+    error_body_v2,
+)
+from service.metrics import Metrics
+from service.registry import Registry, RuntimeLoader
+from service.runtimes import load_runtime
+from service.settings import Settings
+
+log = logging.getLogger("tandem.app")
+TORCHSERVE_PREFIXES = ("/ping", "/predictions", "/models")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def create_app(settings: Settings, loader: RuntimeLoader = load_runtime) -> RequestIdMiddleware:
+    """Build the ASGI app; nothing is loaded until the lifespan starts."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics = Metrics(CollectorRegistry())
+        registry = Registry(settings, metrics, loader)
+        app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
+        await registry.load_all()
+        poller = asyncio.create_task(registry.poll_forever()) if settings.poll_interval_s > 0 else None
+        app.state.started = True
+        try:
+            yield
+        finally:
+            app.state.started = False
+            if poller is not None:
+                poller.cancel()
+            await registry.close(settings.drain_timeout_s)
+
+    app = FastAPI(title="tandem", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.started = False
+    for router in _routers():
+        app.include_router(router)
+    app.add_api_route("/metrics", _metrics, methods=["GET"])
+    _install_error_handlers(app)
+    return RequestIdMiddleware(app)
+
+
+def _routers() -> list[Any]:
+    routers = [health.router, v2.router]
+    return routers
+
+
+async def _metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+
+def error_response(request: Request, err: ServiceError) -> Response:
+    """The dialect's error body (E1 or E2) for the request's path, with the error's headers."""
+    if request.url.path.startswith(TORCHSERVE_PREFIXES):
+        body: dict[str, Any] = error_body_torchserve(err)
+    else:
+        body = error_body_v2(err)
+    return json_response(body, status_code=err.status_code, headers=err.headers or None)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_service_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServiceError)
+        finish_error(request, exc)
+        if isinstance(exc, InternalError) and exc.__cause__ is not None:
+            log.error("request %s failed: %s", _request_id(request), exc.message, exc_info=exc.__cause__)
+            exc = InternalError(f"internal error (request id {_request_id(request)})")
+        return error_response(request, exc)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        return await on_service_error(request, BadRequestError("request does not match the route's parameters"))
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        err: ServiceError
+        if exc.status_code == 405:
+            err = MethodNotAllowedError(f"method {request.method} not allowed for {request.url.path[:200]}")
+            err.headers.update(exc.headers or {})
+        elif exc.status_code == 404:
+            err = RouteNotFoundError(f"no route for {request.method} {request.url.path[:200]}")
+        else:
+            err = BadRequestError(str(exc.detail))
+        return error_response(request, err)
+
+    async def on_client_gone(request: Request, exc: Exception) -> Response:
+        call = request.scope.get(CALL_KEY)
+        if call is not None:
+            finish(request.app.state.metrics, call, 499, "cancelled")
+        return Response(status_code=499)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.error("request %s failed", _request_id(request), exc_info=exc)
+        err = InternalError(f"internal error (request id {_request_id(request)})")
+        finish_error(request, err)
+        return error_response(request, err)
+
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(ClientGone, on_client_gone)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def _request_id(request: Request) -> str:
+    return str(request.scope.get("tandem.request_id", ""))
+
+
+class RequestIdMiddleware:
+    """Echo a sane X-Request-Id or make one, on every response (pure ASGI: no per-request task)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.state = app.state  # so callers can reach app.state through the wrapper
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Tag the scope and the response start with the request id."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = b""
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                request_id = value if REQUEST_ID.fullmatch(value.decode("latin-1")) else b""
+                break
+        if not request_id:
+            request_id = uuid.uuid4().hex.encode()
+        scope["tandem.request_id"] = request_id.decode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

@@ -1,0 +1,85 @@
+"""The `tandem` command: `tandem serve` runs the server, `tandem export` hands over to the exporters."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.settings import Settings, unknown_env_settings
+
+ALIASES = {"models_dir": ["--models"]}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per setting (--kebab-case), defaults left to the environment and Settings."""
+    parser = argparse.ArgumentParser(prog="tandem serve", description="Serve the model repository.")
+    for name, field in Settings.model_fields.items():
+        flags = [f"--{name.replace('_', '-')}", *ALIASES.get(name, [])]
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": field.description}
+        if field.annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        parser.add_argument(*flags, **kwargs)
+    return parser
+
+
+def load_settings(argv: list[str]) -> Settings:
+    """Settings from flags over TANDEM_* variables; an unknown or invalid one stops start-up naming it."""
+    unknown = unknown_env_settings()
+    if unknown:
+        raise SystemExit(f"error: unknown setting(s) in the environment: {', '.join(unknown)}")
+    args = vars(build_parser().parse_args(argv))
+    try:
+        return Settings(**args)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise SystemExit(f"error: invalid setting: {problems}") from None
+
+
+def serve(argv: list[str]) -> int:
+    """Run uvicorn on the configured host and port until SIGTERM, then drain."""
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = load_settings(argv)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        server_header=False,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `tandem` console script."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: tandem {serve,export} ...\n  serve   serve a model repository\n  export  export a model")
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "serve":
+        return serve(rest)
+    if command == "export":
+        # The exporters are an optional install (`pip install tandem[export]`); the server never needs them.
+        try:
+            exporters_cli = importlib.import_module("exporters.cli")
+        except ImportError as exc:
+            print(f"error: the exporters are not installed ({exc.name}); pip install 'tandem[export]'", file=sys.stderr)
+            return 2
+        return int(exporters_cli.main(rest))
+    print(f"error: unknown command '{command}'; expected serve or export", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
