@@ -73,12 +73,35 @@ def to_array(data: Any, datatype: str, what: str) -> np.ndarray:
     if datatype == "BYTES":
         return _bytes_array(data, what)
     try:
-        arr = np.asarray(data, dtype=dtype) if dtype.kind == "f" else np.asarray(data)
+        arr = np.asarray(data)
+        if arr.dtype.kind in "fO" and dtype.kind != "b":
+            arr = _exact_numbers(data, arr, dtype)
     except (ValueError, TypeError, OverflowError):
         raise BadRequestError(f"{what}: data is not a rectangular array of {datatype} values") from None
     if dtype.kind == "f":
-        return arr
+        return _check_float(arr, dtype, datatype, what)
     return _check_integral(arr, dtype, datatype, what)
+
+
+def _exact_numbers(data: Any, arr: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    # Integers past int64 turn numpy's guess into float64 or object: keep them exact when every element is one.
+    if dtype.kind == "f" and arr.dtype.kind == "f":
+        return arr
+    exact = np.asarray(data, dtype=object)
+    allowed = (int, float) if dtype.kind == "f" else (int,)
+    if exact.size == 0 or not all(type(v) in allowed for v in exact.flat):
+        return arr
+    return exact.astype(np.float64) if dtype.kind == "f" else exact
+
+
+def _check_float(arr: np.ndarray, dtype: np.dtype[Any], datatype: str, what: str) -> np.ndarray:
+    if arr.size and arr.dtype.kind not in "iuf":
+        raise BadRequestError(f"{what}: expected numbers for {datatype}, got {_kind_name(arr)}")
+    with np.errstate(over="ignore"):
+        out = arr.astype(dtype)
+    if arr.size and (np.isinf(out) & ~np.isinf(arr)).any():
+        raise BadRequestError(f"{what}: value out of range for {datatype}")
+    return out
 
 
 def _check_integral(arr: np.ndarray, dtype: np.dtype[Any], datatype: str, what: str) -> np.ndarray:
@@ -88,7 +111,7 @@ def _check_integral(arr: np.ndarray, dtype: np.dtype[Any], datatype: str, what: 
         if arr.dtype.kind != "b":
             raise BadRequestError(f"{what}: expected true/false values for {datatype}, got {_kind_name(arr)}")
         return arr
-    if arr.dtype.kind not in "iu":
+    if arr.dtype.kind not in "iu" and not (arr.dtype.kind == "O" and all(type(v) is int for v in arr.flat)):
         raise BadRequestError(f"{what}: expected integer values for {datatype}, got {_kind_name(arr)}")
     info = np.iinfo(dtype)
     if arr.min() < info.min or arr.max() > info.max:
@@ -128,7 +151,8 @@ def check_shape(shape: Any, what: str, max_bytes: int, itemsize: int) -> list[in
     """Validate a client-declared shape: a list of non-negative ints whose byte size fits the body limit."""
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise BadRequestError(f"{what}: 'shape' must be a list of non-negative integers, got {shape!r:.80}")
-    if math.prod(shape) * max(itemsize, 1) > max_bytes:
+    # Zero dims make the product small, yet numpy refuses shapes whose other dims overflow its index type.
+    if math.prod(shape) * max(itemsize, 1) > max_bytes or math.prod(max(d, 1) for d in shape) >= 2**62:
         raise PayloadTooLargeError(f"{what}: shape {shape} exceeds the {max_bytes}-byte limit")
     return shape
 

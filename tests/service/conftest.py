@@ -1,0 +1,154 @@
+"""Shared test doubles: tiny ONNX models built on the fly, and a fake runtime standing in for a model."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from service.runtimes import RuntimeOptions, TensorSpec
+
+Arrays = dict[str, npt.NDArray[Any]]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# ----- tiny real ONNX models ----------------------------------------------------------------------
+
+
+def onnx_doubler(path: Path, width: int = 4) -> Path:
+    """ONNX model y = 2 * x with x FP32 [batch, width]: the smallest model that batches."""
+    from onnx import TensorProto, helper
+
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["y"])],
+        "doubler",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        initializer=[two],
+    )
+    return _save_onnx(graph, path)
+
+
+def onnx_identity(path: Path, elem_types: dict[str, int], dims: list[int | str]) -> Path:
+    """ONNX model passing each input `name` through to output `name_out`, one per element type."""
+    from onnx import helper
+
+    nodes = [helper.make_node("Identity", [name], [f"{name}_out"]) for name in elem_types]
+    graph = helper.make_graph(
+        nodes,
+        "identity",
+        [helper.make_tensor_value_info(name, t, dims) for name, t in elem_types.items()],
+        [helper.make_tensor_value_info(f"{name}_out", t, dims) for name, t in elem_types.items()],
+    )
+    return _save_onnx(graph, path)
+
+
+def _save_onnx(graph: Any, path: Path) -> Path:
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+# ----- the fake runtime -----------------------------------------------------------------------------
+
+
+def write_fake_model(
+    repo: Path, name: str, version: int, config: dict[str, Any] | None = None, **behaviour: Any
+) -> Path:
+    """A model directory whose model.onnx holds the fake runtime's behaviour as JSON (not a real ONNX file)."""
+    model_dir = repo / name
+    version_dir = model_dir / str(version)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (version_dir / "model.onnx").write_text(json.dumps(behaviour))
+    if config is not None:
+        (model_dir / "model.json").write_text(json.dumps(config))
+    return version_dir
+
+
+class FakeRuntime:
+    """Stands in for a model: y = 2 * x (FP32 [-1, 4]) and `version` (INT64 [-1]) naming the version that ran.
+
+    Behaviour comes from the artifact's JSON: `delay_s` per call, `fail_predict` (every call raises, so warm-up
+    fails), `load_error` (the loader raises).
+    """
+
+    format = "onnx"
+    device = "cpu"
+    degraded = False
+    signature_name = "serving_default"
+
+    def __init__(self, version: int, delay_s: float = 0.0, fail_predict: bool = False) -> None:
+        self.version = version
+        self.delay_s = delay_s
+        self.fail_predict = fail_predict
+        self.inputs = [TensorSpec("x", "FP32", (-1, 4))]
+        self.outputs = [TensorSpec("y", "FP32", (-1, 4)), TensorSpec("version", "INT64", (-1,))]
+        self.batch_rows: list[int] = []
+        self.running = 0
+        self.closed = False
+        self.closed_while_running = False
+        self._lock = threading.Lock()
+
+    def predict(self, inputs: Arrays) -> Arrays:
+        if self.closed:
+            raise RuntimeError("predict after close")
+        if self.fail_predict:
+            raise RuntimeError("model is broken")
+        with self._lock:
+            self.running += 1
+        try:
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            x = inputs["x"]
+            self.batch_rows.append(int(x.shape[0]))
+            return {"y": x * 2, "version": np.full(x.shape[0], self.version, dtype=np.int64)}
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def close(self) -> None:
+        self.closed_while_running = self.running > 0
+        self.closed = True
+
+
+class FakeLoader:
+    """A RuntimeLoader that builds FakeRuntimes from the artifact's JSON and remembers each one."""
+
+    def __init__(self) -> None:
+        self.runtimes: list[FakeRuntime] = []
+        self.options: list[RuntimeOptions] = []
+
+    def __call__(self, fmt: str, artifact: Path, options: RuntimeOptions) -> FakeRuntime:
+        behaviour = json.loads(artifact.read_text() or "{}")
+        self.options.append(options)
+        if behaviour.get("load_error"):
+            from service.errors import ModelLoadError
+
+            raise ModelLoadError(behaviour["load_error"])
+        runtime = FakeRuntime(
+            int(artifact.parent.name),
+            delay_s=float(behaviour.get("delay_s", 0.0)),
+            fail_predict=bool(behaviour.get("fail_predict", False)),
+        )
+        self.runtimes.append(runtime)
+        return runtime
+
+    def of(self, version: int) -> FakeRuntime:
+        """The most recent runtime loaded for `version`."""
+        return [r for r in self.runtimes if r.version == version][-1]
