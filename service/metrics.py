@@ -85,6 +85,24 @@ class Metrics:
         )
         self.build_info.labels(_version("tandem"), _version("onnxruntime-gpu"), _version("tensorflow")).set(1)
         registry.register(GpuCollector())
+        # Label sets are bounded (dialects x loaded model versions x codes), so these caches are too.
+        self._request_children: dict[tuple[str, str, str, int, str], Counter] = {}
+        self._duration_children: dict[tuple[str, ...], Histogram] = {}
+
+    def observe_request(
+        self, dialect: str, model: str, version: str, code: int, outcome: str, seconds: float | None
+    ) -> None:
+        """Count one request by final status, and time it if it succeeded (children cached: hot path)."""
+        key = (dialect, model, version, code, outcome)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self.requests.labels(dialect, model, version, str(code), outcome)
+        counter.inc()
+        if seconds is not None:
+            timer = self._duration_children.get(key[:3])
+            if timer is None:
+                timer = self._duration_children[key[:3]] = self.request_duration.labels(dialect, model, version)
+            timer.observe(seconds)
 
     def batch_observer(self, model: str, version: str, device: str) -> BatchMetrics:
         """Children bound to one model version, handed to its batcher."""

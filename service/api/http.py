@@ -48,11 +48,8 @@ def begin(request: Request, dialect: str) -> Call:
 
 def finish(metrics: Metrics, call: Call, code: int, outcome: str) -> None:
     """Count the request by final status; time it when it succeeded."""
-    metrics.requests.labels(call.dialect, call.model, call.version, str(code), outcome).inc()
-    if code < 300:
-        metrics.request_duration.labels(call.dialect, call.model, call.version).observe(
-            time.perf_counter() - call.started
-        )
+    seconds = time.perf_counter() - call.started if code < 300 else None
+    metrics.observe_request(call.dialect, call.model, call.version, code, outcome, seconds)
 
 
 def finish_error(request: Request, err: ServiceError) -> None:
