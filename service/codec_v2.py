@@ -125,6 +125,8 @@ def _decode_input(item: dict[str, Any], binary: memoryview, offset: int, max_byt
         return deserialize_bytes_tensor(chunk, count, what).reshape(shape), offset + size
     if size != count * dtype.itemsize:
         raise BadRequestError(f"{what}: shape {shape} of {datatype} needs {count * dtype.itemsize} bytes, got {size}")
+    if datatype == "BOOL" and size and np.frombuffer(chunk, dtype=np.uint8).max() > 1:
+        raise BadRequestError(f"{what}: binary BOOL elements must be bytes 0 or 1")
     return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).reshape(shape), offset + size
 
 
