@@ -111,9 +111,9 @@ def read_config(model_dir: Path) -> ModelConfig:
     try:
         config = ModelConfig.model_validate_json(path.read_bytes())
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "model.json"
-        raise RepositoryError(f"model.json: {where}: {first['msg']}") from None
+        # Every problem, so an unknown key is named even beside a missing one.
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'model.json'}: {e['msg']}" for e in exc.errors())
+        raise RepositoryError(f"model.json: {problems}") from None
     if config.name is not None and config.name != model_dir.name:
         raise RepositoryError(f"model.json: name '{config.name}' differs from directory '{model_dir.name}'")
     return config
