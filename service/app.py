@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import os
@@ -50,6 +51,10 @@ def create_app(settings: Settings, loader: RuntimeLoader = load_runtime) -> Fron
         registry = Registry(settings, metrics, loader)
         app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
         await registry.load_all()
+        # Objects made while loading (runtimes, TensorFlow graphs) live as long as the process: keep them out of
+        # the collector's generations so full collections stay short under load (p99 latency).
+        gc.collect()
+        gc.freeze()
         poller = asyncio.create_task(registry.poll_forever()) if settings.poll_interval_s > 0 else None
         app.state.started = True
         try:
