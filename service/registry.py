@@ -28,6 +28,7 @@ from service.metrics import Metrics
 from service.repository import ModelConfig, ModelSource
 from service.runtimes import Runtime, RuntimeOptions, TensorSpec, load_runtime
 from service.settings import Settings
+from service.stats import ModelStats, Observers
 
 log = logging.getLogger("tandem.registry")
 RuntimeLoader = Callable[[str, Path, RuntimeOptions], Runtime]
@@ -87,6 +88,7 @@ class LoadedModel:
     limits: Limits | None = None
     labels: list[str] | None = None
     loaded_at: float = field(default_factory=time.time)
+    stats: ModelStats = field(default_factory=ModelStats)
 
     @property
     def label(self) -> str:
@@ -109,14 +111,21 @@ class LoadedModel:
         return self.state is ModelState.READY
 
     async def infer(self, arrays: dict[str, np.ndarray], deadline: float | None) -> dict[str, np.ndarray]:
-        """Validate against the signature, then queue for a batch."""
+        """Validate against the signature, then queue for a batch; the outcome counts in the version's stats."""
         if self.state is not ModelState.READY or self.batcher is None:
             raise ModelNotReadyError(f"{self.label} is not ready ({self.state.value.lower()})")
-        check_inputs(arrays, self.inputs, self.label)
-        queue_deadline = None
-        if self.limits and self.limits.queue_timeout_ms > 0:
-            queue_deadline = time.monotonic() + self.limits.queue_timeout_ms / 1000
-        return await self.batcher.submit(arrays, deadline=deadline, queue_deadline=queue_deadline)
+        started = time.perf_counter_ns()
+        try:
+            check_inputs(arrays, self.inputs, self.label)
+            queue_deadline = None
+            if self.limits and self.limits.queue_timeout_ms > 0:
+                queue_deadline = time.monotonic() + self.limits.queue_timeout_ms / 1000
+            outputs = await self.batcher.submit(arrays, deadline=deadline, queue_deadline=queue_deadline)
+        except ServiceError:
+            self.stats.request_finished(False, started)
+            raise
+        self.stats.request_finished(True, started)
+        return outputs
 
 
 class Registry:
@@ -344,7 +353,9 @@ class Registry:
             max_concurrent_batches=limits.max_concurrent_batches,
             preferred_batch_sizes=limits.preferred_batch_sizes,
             executor=self._executor,
-            observer=self.metrics.batch_observer(model.name, str(model.version), runtime.device),
+            observer=Observers(
+                self.metrics.batch_observer(model.name, str(model.version), runtime.device), model.stats
+            ),
             name=model.label,
         )
 
