@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.errors import InternalError, ModelLoadError, OutOfMemoryError
+from service.errors import BadRequestError, InternalError, ModelLoadError, OutOfMemoryError
 from service.runtimes import RuntimeOptions, TensorSpec, available_cpus, gpu_count
 
 log = logging.getLogger("tandem.runtime.onnx")
@@ -93,6 +93,7 @@ class OnnxRuntime:
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch through the session (ORT releases the GIL while it runs)."""
+        inputs = {name: _as_text(name, arr) if arr.dtype == object else arr for name, arr in inputs.items()}
         try:
             results = self._session.run(self._output_names, inputs)
         except Exception as exc:
@@ -104,6 +105,15 @@ class OnnxRuntime:
     def close(self) -> None:
         """Drop the session so ORT frees its memory."""
         del self._session
+
+
+def _as_text(name: str, arr: np.ndarray) -> np.ndarray:
+    """ORT string tensors take str: it would feed a bytes element as its repr ("b'...'")."""
+    try:
+        text = [v.decode() if isinstance(v, bytes) else v for v in arr.reshape(-1)]
+    except UnicodeDecodeError:
+        raise BadRequestError(f"input '{name}': BYTES elements must be UTF-8 text for this ONNX model") from None
+    return np.array(text, dtype=object).reshape(arr.shape)
 
 
 def load(artifact: Path, options: RuntimeOptions) -> OnnxRuntime:

@@ -37,7 +37,7 @@ def onnx_doubler(path: Path, width: int = 4) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
         initializer=[two],
     )
-    return _save_onnx(graph, path)
+    return save_onnx(graph, path)
 
 
 def onnx_identity(path: Path, elem_types: dict[str, int], dims: list[int | str]) -> Path:
@@ -51,10 +51,10 @@ def onnx_identity(path: Path, elem_types: dict[str, int], dims: list[int | str])
         [helper.make_tensor_value_info(name, t, dims) for name, t in elem_types.items()],
         [helper.make_tensor_value_info(f"{name}_out", t, dims) for name, t in elem_types.items()],
     )
-    return _save_onnx(graph, path)
+    return save_onnx(graph, path)
 
 
-def _save_onnx(graph: Any, path: Path) -> Path:
+def save_onnx(graph: Any, path: Path) -> Path:
     import onnx
     from onnx import helper
 
