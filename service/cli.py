@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from service.settings import Settings, unknown_env_settings
 
 ALIASES = {"models_dir": ["--models"]}
+log = logging.getLogger("tandem")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +41,25 @@ def load_settings(argv: list[str]) -> Settings:
         raise SystemExit(f"error: invalid setting: {problems}") from None
 
 
+def check_startup(settings: Settings) -> None:
+    """Refuse to start on a missing repository or a required GPU that is absent; log the devices seen."""
+    from service.runtimes import describe_gpus
+
+    if not settings.models_dir.is_dir():
+        raise SystemExit(f"error: model repository '{settings.models_dir}' is not a directory (set --models)")
+    gpus = describe_gpus()
+    for line in gpus:
+        log.info("GPU %s", line)
+    if not gpus:
+        log.info("no GPU visible: CPU only")
+        if settings.device == "cuda" and not settings.allow_cpu_fallback:
+            raise SystemExit(
+                "error: device=cuda but no GPU is usable. On Docker, install the NVIDIA Container Toolkit and give "
+                "the container a GPU (compose: deploy.resources.reservations.devices with driver nvidia; "
+                "docker run --gpus all); check the driver with nvidia-smi; or set TANDEM_ALLOW_CPU_FALLBACK=true"
+            )
+
+
 def serve(argv: list[str]) -> int:
     """Run uvicorn on the configured host and port until SIGTERM, then drain."""
     import uvicorn
@@ -48,6 +68,7 @@ def serve(argv: list[str]) -> int:
 
     settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_startup(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

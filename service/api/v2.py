@@ -49,6 +49,7 @@ async def model_metadata(request: Request, name: str, version: str | None = None
             "platform": PLATFORMS[model.runtime.format],
             "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in model.inputs],
             "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in model.outputs],
+            "parameters": {"device": model.runtime.device, "degraded": model.runtime.degraded},
         }
     )
 

@@ -103,6 +103,30 @@ def _cgroup_cpu_quota() -> float | None:
         return None
 
 
+def describe_gpus() -> list[str]:
+    """One line per NVIDIA GPU (name, memory, driver, CUDA driver API); empty on a CPU-only host."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no library or no driver: a CPU-only host
+        return []
+    try:
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion_v2()
+        lines = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            total = pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**30
+            name = pynvml.nvmlDeviceGetName(handle)
+            lines.append(
+                f"cuda:{index} {name}, {total:.1f} GiB, driver {driver}, CUDA {cuda // 1000}.{cuda % 1000 // 10}"
+            )
+        return lines
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def gpu_count() -> int:
     """Number of NVIDIA GPUs visible through NVML; 0 where there is no driver or no nvidia-ml-py."""
     try:
