@@ -24,15 +24,18 @@ def _configure_tensorflow(options: RuntimeOptions) -> Any:
 
     with _configured:
         if not _done:
-            gpus = tf.config.list_physical_devices("GPU")
-            if options.device == "cpu":
-                tf.config.set_visible_devices([], "GPU")
-            else:
-                for gpu in gpus:
-                    tf.config.experimental.set_memory_growth(gpu, True)
-            threads = options.intra_op_threads or available_cpus()
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
+            try:
+                gpus = tf.config.list_physical_devices("GPU")
+                if options.device == "cpu":
+                    tf.config.set_visible_devices([], "GPU")
+                else:
+                    for gpu in gpus:
+                        tf.config.experimental.set_memory_growth(gpu, True)
+                threads = options.intra_op_threads or available_cpus()
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+            except RuntimeError:  # already initialised in this process (e.g. by an exporter): keep its settings
+                log.warning("TensorFlow was initialised before the first SavedModel load; its settings stay")
             _done = True
     return tf
 
