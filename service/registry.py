@@ -152,11 +152,11 @@ class Registry:
         return sorted(self._models)
 
     def versions(self, name: str) -> dict[int, LoadedModel]:
-        """Every known version of `name`; 404 for an unknown model."""
-        try:
-            return self._models[name]
-        except KeyError:
-            raise ModelNotFoundError(f"model '{name}' not found") from None
+        """Every known version of `name`; 404 for an unknown model (or one whose last version is unloading)."""
+        versions = self._models.get(name)
+        if not versions:
+            raise ModelNotFoundError(f"model '{name}' not found")
+        return versions
 
     def get(self, name: str, version: int | None = None) -> LoadedModel:
         """The asked version, else the pinned default, else the highest READY one."""

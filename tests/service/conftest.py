@@ -93,7 +93,8 @@ class FakeRuntime:
     degraded = False
     signature_name = "serving_default"
 
-    def __init__(self, version: int, delay_s: float = 0.0, fail_predict: bool = False) -> None:
+    def __init__(self, name: str, version: int, delay_s: float = 0.0, fail_predict: bool = False) -> None:
+        self.name = name
         self.version = version
         self.delay_s = delay_s
         self.fail_predict = fail_predict
@@ -142,6 +143,7 @@ class FakeLoader:
 
             raise ModelLoadError(behaviour["load_error"])
         runtime = FakeRuntime(
+            artifact.parent.parent.name,
             int(artifact.parent.name),
             delay_s=float(behaviour.get("delay_s", 0.0)),
             fail_predict=bool(behaviour.get("fail_predict", False)),
@@ -149,6 +151,6 @@ class FakeLoader:
         self.runtimes.append(runtime)
         return runtime
 
-    def of(self, version: int) -> FakeRuntime:
-        """The most recent runtime loaded for `version`."""
-        return [r for r in self.runtimes if r.version == version][-1]
+    def of(self, name: str, version: int) -> FakeRuntime:
+        """The most recent runtime loaded for that model version."""
+        return [r for r in self.runtimes if (r.name, r.version) == (name, version)][-1]
