@@ -21,7 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
-from service.api import health, v2
+from service.api import health, management, tfserving, torchserve, v2, v2_repository
 from service.api.http import CALL_KEY, ClientGone, finish, finish_error, json_response
 from service.errors import (
     BadRequestError,
@@ -75,7 +75,8 @@ def create_app(settings: Settings, loader: RuntimeLoader = load_runtime) -> Fron
 
 
 def _routers() -> list[Any]:
-    routers = [health.router, v2.router]
+    # v2_repository first: its /v2/models/stats must win over v2's /v2/models/{name}.
+    routers = [health.router, v2_repository.router, v2.router, tfserving.router, torchserve.router, management.router]
     return routers
 
 

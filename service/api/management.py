@@ -1,0 +1,312 @@
+"""TorchServe management on the main port: list and describe; register, scale, set-default, unregister (gated)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import hmac
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from service import repository
+from service.api.http import json_response, parse_version, registry, settings
+from service.api.tfserving import check_name
+from service.api.torchserve import lookup
+from service.errors import (
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    UnauthorizedError,
+)
+from service.registry import LoadedModel, Registry
+
+log = logging.getLogger("tandem.management")
+router = APIRouter()
+RUNTIMES = {"onnx": "onnxruntime", "savedmodel": "tensorflow"}
+MAX_PAGE = 100
+MAX_WORKERS = 64
+_REFUSED_PARAMS = ("handler", "runtime", "s3_sse_kms")
+
+
+@dataclasses.dataclass
+class ControlState:
+    """What model control changed since start-up: names loaded through the API, and asynchronous loads."""
+
+    registered: set[str] = dataclasses.field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+
+
+def control_state(request: Request) -> ControlState:
+    """The app's ControlState, made on first use."""
+    state = getattr(request.app.state, "control", None)
+    if state is None:
+        state = request.app.state.control = ControlState()
+    return state
+
+
+def require_control(request: Request) -> None:
+    """403 while model control is off; with an admin token, 401 unless `Authorization: Bearer <token>` matches."""
+    config = settings(request)
+    if not config.enable_model_control:
+        raise ForbiddenError("model control is disabled; start the server with --enable-model-control")
+    if config.admin_token is None:  # only possible on a loopback host (Settings refuses it elsewhere)
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = config.admin_token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise UnauthorizedError()
+
+
+# ----- read-only ------------------------------------------------------------------------------------
+
+
+@router.get("/models")
+async def list_models(request: Request) -> Response:
+    """Model names, sorted, paginated by offset tokens."""
+    query = request.query_params
+    limit = min(max(_int(query.get("limit"), "limit", default=MAX_PAGE), 1), MAX_PAGE)
+    start = _int(query.get("next_page_token"), "next_page_token", default=0, low=0)
+    names = registry(request).names()
+    body: dict[str, Any] = {}
+    if start + limit < len(names):
+        body["nextPageToken"] = str(start + limit)
+    body["models"] = [{"modelName": name, "modelUrl": name} for name in names[start : start + limit]]
+    return json_response(body)
+
+
+@router.get("/models/{name}")
+@router.get("/models/{name}/{version}")
+async def describe(request: Request, name: str, version: str | None = None) -> Response:
+    """Always a JSON array: the default version, the one named, or every version for `all`."""
+    reg = registry(request)
+    check_name(name)
+    if version == "all":
+        models = [m for _, m in sorted(reg.versions(name).items())]
+    else:
+        models = [_default_or(reg, name, parse_version(version, name))]
+    registered = control_state(request).registered
+    return json_response([_describe(m, name not in registered) for m in models])
+
+
+def _default_or(reg: Registry, name: str, version: int | None) -> LoadedModel:
+    if version is not None:
+        return lookup(reg, name, version)
+    try:
+        return lookup(reg, name, None)
+    except ModelNotReadyError:  # nothing ready: describe the highest version, failed or not
+        versions = reg.versions(name)
+        return versions[max(versions)]
+
+
+def _describe(model: LoadedModel, at_startup: bool) -> dict[str, Any]:
+    limits, runtime, batcher = model.limits, model.runtime, model.batcher
+    workers = limits.max_concurrent_batches if limits and model.ready else 0
+    started = datetime.datetime.fromtimestamp(model.loaded_at, datetime.UTC).isoformat()
+    gpu = bool(runtime and runtime.device.startswith("cuda"))
+    pending = batcher.queue_depth if batcher else 0
+    queue = limits.max_queue_size if limits else 0
+    return {
+        "modelName": model.name,
+        "modelVersion": str(model.version),
+        "modelUrl": f"{model.name}/{model.version}",
+        "runtime": RUNTIMES.get(runtime.format if runtime else model.config.format or "", ""),
+        "minWorkers": workers,
+        "maxWorkers": workers,
+        "batchSize": limits.max_batch_size if limits else 0,
+        "maxBatchDelay": _number(limits.max_batch_delay_ms) if limits else 0,
+        "responseTimeout": _number(limits.request_timeout_ms / 1000) if limits else 0,
+        "loadedAtStartup": at_startup,
+        "status": model.state.value,
+        "workers": [
+            {"id": str(9000 + i), "startTime": started, "status": "READY", "gpu": gpu, "memoryUsage": 0}
+            for i in range(workers)
+        ],
+        "jobQueueStatus": {"remainingCapacity": max(queue - pending, 0), "pendingRequests": pending},
+    }
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+# ----- control ----------------------------------------------------------------------------------------
+
+
+@router.post("/models")
+async def register(request: Request) -> Response:
+    """Load a model directory of the repository, named by `url` (never a URL or a path)."""
+    require_control(request)
+    query = request.query_params
+    name = model_url(query.get("url"))
+    refused = [key for key in _REFUSED_PARAMS if key in query]
+    if refused:
+        raise BadRequestError(f"parameter(s) {refused} are not supported: models are loaded from the repository")
+    if query.get("model_name", name) != name:
+        raise BadRequestError("model_name must equal url: models keep their repository directory name")
+    overrides, workers = _load_overrides(query)
+    reg = registry(request)
+    if any(m.ready for m in reg.all_models() if m.name == name):
+        raise ConflictError(f'Model "{name}" is already registered')
+    source = repository.find_model(settings(request).models_dir, name)
+    if source is None:
+        raise ModelNotFoundError(f"Model not found in the repository: {name}")
+    _check_batch_size(source.config.preferred_batch_sizes, overrides)
+    control_state(request).registered.add(name)
+    if not _bool(query.get("synchronous"), "synchronous"):
+        _spawn(request, _load_quietly(reg, source, overrides, workers))
+        return json_response({"status": "Processing worker updates..."}, status_code=202)
+    model = await load_and_scale(reg, source, overrides, workers)
+    count = model.limits.max_concurrent_batches if model.limits else 0
+    return json_response({"status": f'Model "{name}" Version: {model.version} registered with {count} initial workers'})
+
+
+def model_url(url: str | None) -> str:
+    """The repository directory a TorchServe `url` names; URLs, absolute paths and `..` get 400."""
+    if not url:
+        raise BadRequestError("parameter 'url' is required: the name of a model directory in the repository")
+    if "://" in url or url.startswith(("/", "\\")) or ".." in url or (len(url) > 1 and url[1] == ":"):
+        raise BadRequestError("'url' must name a model directory in the repository, not a URL or a path")
+    if not repository.MODEL_NAME.fullmatch(url):
+        raise BadRequestError("'url' must be a model name matching [A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+    return url
+
+
+def _load_overrides(query: Any) -> tuple[dict[str, float], int | None]:
+    overrides: dict[str, float] = {}
+    if "batch_size" in query:
+        overrides["max_batch_size"] = _int(query["batch_size"], "batch_size", low=0, high=1 << 20)
+    if "max_batch_delay" in query:
+        overrides["max_batch_delay_ms"] = _int(query["max_batch_delay"], "max_batch_delay", low=0, high=10_000)
+    if "response_timeout" in query:
+        overrides["request_timeout_ms"] = 1000 * _int(query["response_timeout"], "response_timeout", low=1)
+    workers = query.get("initial_workers")
+    if workers is None:
+        return overrides, None
+    count = _int(workers, "initial_workers", low=0, high=MAX_WORKERS)
+    if count:
+        overrides["max_concurrent_batches"] = count
+    return overrides, count
+
+
+def _check_batch_size(preferred: list[int], overrides: dict[str, float]) -> None:
+    size = overrides.get("max_batch_size")
+    if size is not None and size > 1 and preferred and max(preferred) > size:
+        raise BadRequestError(f"batch_size {int(size)} is below the model's preferred_batch_sizes {preferred}")
+
+
+async def load_and_scale(
+    reg: Registry, source: repository.ModelSource, overrides: dict[str, float], workers: int | None
+) -> LoadedModel:
+    """Load through the registry; 400 with the sanitised reason when no version comes up READY."""
+    models = await reg.load_source(source, overrides)
+    ready = [m for m in models if m.ready]
+    if not ready:
+        reasons = [m.reason for m in models if m.reason] + [source.error or "no version to load"]
+        raise ModelLoadError(f"failed to load model '{source.name}': {reasons[0]}")
+    if workers == 0:
+        for model in ready:
+            scale(model, 0)
+    return reg.get(source.name)
+
+
+async def _load_quietly(
+    reg: Registry, source: repository.ModelSource, overrides: dict[str, float], workers: int | None
+) -> None:
+    try:
+        await load_and_scale(reg, source, overrides, workers)
+    except Exception as exc:  # nobody awaits an asynchronous registration: log its end
+        log.error("asynchronous registration of model %s failed: %s", source.name, exc)
+
+
+def _spawn(request: Request, work: Any) -> None:
+    tasks = control_state(request).tasks
+    task = asyncio.get_running_loop().create_task(work)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+def scale(model: LoadedModel, workers: int) -> None:
+    """Set the batches the version may run at once; 0 pauses it (its requests get 503)."""
+    if model.batcher is None or model.limits is None or not model.ready:
+        raise ModelNotReadyError(f"{model.label} is not ready: {model.reason or model.state.value.lower()}")
+    model.batcher.set_max_concurrent_batches(workers)
+    model.limits = dataclasses.replace(model.limits, max_concurrent_batches=workers)
+
+
+@router.put("/models/{name}")
+@router.put("/models/{name}/{version}")
+async def scale_workers(request: Request, name: str, version: str | None = None) -> Response:
+    """Scale one version (the default when none is named): workers = execution slots."""
+    require_control(request)
+    model = lookup(registry(request), check_name(name), parse_version(version, name))
+    query = request.query_params
+    high = _int(query.get("max_worker"), "max_worker", default=-1, low=0, high=MAX_WORKERS)
+    low = _int(query.get("min_worker"), "min_worker", default=high if high >= 0 else 1, low=0, high=MAX_WORKERS)
+    if high >= 0 and high < low:
+        raise BadRequestError(f"max_worker {high} is below min_worker {low}")
+    _int(query.get("timeout"), "timeout", default=-1, low=-1)
+    scale(model, low)
+    if not _bool(query.get("synchronous"), "synchronous"):
+        return json_response({"status": "Processing worker updates..."}, status_code=202)
+    suffix = f", version: {model.version}" if version is not None else ""
+    return json_response({"status": f"Workers scaled to {low} for model: {name}{suffix}"})
+
+
+@router.put("/models/{name}/{version}/set-default")
+async def set_default(request: Request, name: str, version: str) -> Response:
+    """Pin the version that version-less URLs use, in every dialect."""
+    require_control(request)
+    reg = registry(request)
+    model = lookup(reg, check_name(name), parse_version(version, name))
+    reg.set_default(name, model.version)
+    return json_response({"status": f'Default version successfully updated for model "{name}" to "{model.version}"'})
+
+
+@router.delete("/models/{name}")
+@router.delete("/models/{name}/{version}")
+async def unregister(request: Request, name: str, version: str | None = None) -> Response:
+    """Drain and unload one version (the default when none is named); a model with none ready goes whole."""
+    require_control(request)
+    reg = registry(request)
+    wanted = parse_version(version, check_name(name))
+    if wanted is None:
+        try:
+            wanted = lookup(reg, name, None).version
+        except ModelNotReadyError:
+            wanted = None
+    else:
+        lookup(reg, name, wanted)
+    await reg.unload(name, wanted)
+    if name not in reg.names():
+        control_state(request).registered.discard(name)
+    return json_response({"status": f'Model "{name}" unregistered'})
+
+
+# ----- query parsing ------------------------------------------------------------------------------------
+
+
+def _int(text: str | None, key: str, *, default: int = 0, low: int | None = None, high: int | None = None) -> int:
+    if text is None:
+        return default
+    value = text.strip()
+    if not value.lstrip("-").isdigit() or len(value) > 12:
+        raise BadRequestError(f"parameter '{key}' must be an integer")
+    number = int(value)
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise BadRequestError(f"parameter '{key}' must lie in [{low}, {high if high is not None else '...'}]")
+    return number
+
+
+def _bool(text: str | None, key: str) -> bool:
+    if text is None:
+        return False
+    if text.lower() not in ("true", "false"):
+        raise BadRequestError(f"parameter '{key}' must be true or false")
+    return text.lower() == "true"

@@ -1,0 +1,204 @@
+"""TensorFlow Serving REST (also KServe V1): model status, metadata, :predict, and the model list.
+
+The verb attaches to the last path segment (`/v1/models/m/versions/3:predict`), which path parameters cannot
+express, so one catch-all route per method family parses TF Serving's grammar itself. The fixed words match
+case-insensitively, as in TF Serving; model names and labels stay case-sensitive.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.convertors import Convertor, register_url_convertor
+
+from service.api.http import (
+    JSON,
+    begin,
+    deadline,
+    finish,
+    json_response,
+    parse_version,
+    read_body,
+    registry,
+    settings,
+    until_done_or_disconnect,
+)
+from service.codec_tfserving import decode_predict, encode_predict, signature_def
+from service.errors import (
+    BadRequestError,
+    MethodNotAllowedError,
+    ModelNotReadyError,
+    NotImplementedFeatureError,
+    VersionNotFoundError,
+)
+from service.registry import LoadedModel, ModelState, Registry
+from service.repository import LABEL, MODEL_NAME
+
+VERSION_HEADER = "X-Model-Version"
+_GRAMMAR = re.compile(
+    r"(?i:models)(?:/(?P<name>[^/:]+)"
+    r"(?:/(?i:versions)/(?P<version>[^/:]+)|/(?i:labels)/(?P<label>[^/:]+))?"
+    r"(?:/(?P<metadata>(?i:metadata))|:(?P<verb>[^/:]+))?)?"
+)
+_VERBS = frozenset({"predict", "classify", "regress"})
+_STATES = {
+    ModelState.LOADING: "LOADING",
+    ModelState.READY: "AVAILABLE",
+    ModelState.UNLOADING: "UNLOADING",
+    ModelState.UNAVAILABLE: "END",
+}
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+class _V1(Convertor[str]):
+    """The `v1` path prefix in any letter case."""
+
+    regex = "[vV]1"
+
+    def convert(self, value: str) -> str:
+        """As matched."""
+        return value
+
+    def to_string(self, value: str) -> str:
+        """As given."""
+        return value
+
+
+register_url_convertor("tfserving_v1", _V1())
+router = APIRouter()
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a /v1 path asks for: the model list, or one model's status, metadata or a verb."""
+
+    kind: str  # "list", "status", "metadata", "predict", "classify" or "regress"
+    name: str = ""
+    version: int | None = None
+    label: str | None = None
+
+
+def parse_path(method: str, path: str) -> Target:
+    """Parse the part after /v1/ by TF Serving's grammar; 400 "Malformed request" when it does not fit."""
+    match = _GRAMMAR.fullmatch(path)
+    verb = (match["verb"] or "").lower() if match else ""
+    if match is None or (verb and verb not in _VERBS):
+        raise BadRequestError(f"Malformed request: {method} /v1/{path[:200]}")
+    if match["name"] is None:
+        return _allow(method, Target("list"))
+    name, version, label = check_name(match["name"]), match["version"], match["label"]
+    if version is not None and not version.isdigit():
+        raise BadRequestError(f"Malformed request: {method} /v1/{path[:200]}")
+    if label is not None and not LABEL.fullmatch(label):
+        raise BadRequestError("label must match [A-Za-z0-9_]+")
+    kind = verb or ("metadata" if match["metadata"] else "status")
+    return _allow(method, Target(kind, name, parse_version(version, name), label))
+
+
+def check_name(name: str) -> str:
+    """A model name from any dialect's path; 400 before any lookup when it is not a valid name."""
+    if not MODEL_NAME.fullmatch(name):
+        raise BadRequestError("model name must match [A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+    return name
+
+
+def _allow(method: str, target: Target) -> Target:
+    wanted = "POST" if target.kind in _VERBS else "GET"
+    if method != wanted and not (wanted == "GET" and method == "HEAD"):
+        raise MethodNotAllowedError(f"method {method} not allowed here; use {wanted}", headers={"Allow": wanted})
+    return target
+
+
+@router.api_route("/{v1:tfserving_v1}", methods=_METHODS)
+@router.api_route("/{v1:tfserving_v1}/{path:path}", methods=_METHODS)
+async def dispatch(request: Request, v1: str, path: str = "") -> Response:
+    """Route a /v1 request by TF Serving's grammar."""
+    target = parse_path(request.method, path)
+    if target.kind in _VERBS:
+        return await predict(request, target)
+    if target.kind == "list":
+        return json_response({"models": registry(request).names()})
+    if target.kind == "metadata":
+        return metadata(request, target)
+    return status(request, target)
+
+
+def resolve_version(reg: Registry, target: Target) -> int | None:
+    """The version a path names, directly or through a `version_labels` label; None for the default."""
+    if target.label is None:
+        return target.version
+    versions = reg.versions(target.name)
+    labels = next(iter(versions.values())).config.version_labels
+    version = labels.get(target.label)
+    if version is None or version not in versions:
+        raise VersionNotFoundError(f"model '{target.name}' has no label '{target.label}'")
+    return version
+
+
+def status(request: Request, target: Target) -> Response:
+    """TF Serving's model status, plus KServe V1's name and ready."""
+    reg = registry(request)
+    version = resolve_version(reg, target)
+    if version is None:
+        models = sorted(reg.versions(target.name).values(), key=lambda m: m.version, reverse=True)
+        ready = _serving(reg, target.name)
+    else:
+        models = [reg.get(target.name, version)]
+        ready = models[0].ready
+    return json_response({"name": target.name, "ready": ready, "model_version_status": [_status(m) for m in models]})
+
+
+def _serving(reg: Registry, name: str) -> bool:
+    try:
+        return reg.get(name).ready
+    except ModelNotReadyError:
+        return False
+
+
+def _status(model: LoadedModel) -> dict[str, object]:
+    failed = model.state is ModelState.UNAVAILABLE and model.reason not in (None, "unloaded")
+    return {
+        "version": str(model.version),
+        "state": _STATES[model.state],
+        "status": {"error_code": "UNKNOWN" if failed else "OK", "error_message": model.reason if failed else ""},
+    }
+
+
+def metadata(request: Request, target: Target) -> Response:
+    """The model spec and its serving signature as a SignatureDefMap."""
+    reg = registry(request)
+    model = reg.get(target.name, resolve_version(reg, target))
+    if model.runtime is None:
+        raise ModelNotReadyError(f"{model.label} is not ready: {model.reason or model.state.value.lower()}")
+    signatures = signature_def(model.runtime.signature_name, model.inputs, model.outputs)
+    body = {
+        "model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
+        "metadata": {"signature_def": {"signature_def": signatures}},
+    }
+    return json_response(body, headers={VERSION_HEADER: str(model.version)})
+
+
+async def predict(request: Request, target: Target) -> Response:
+    """:predict in row (instances -> predictions) or columnar (inputs -> outputs) format."""
+    call = begin(request, "tfserving")
+    if target.kind != "predict":
+        raise NotImplementedFeatureError(f":{target.kind} is not supported; use :predict")
+    reg = registry(request)
+    version = resolve_version(reg, target)
+    model = reg.get(target.name, version)
+    call.bind(model)
+    if model.runtime is None:
+        raise ModelNotReadyError(f"{model.label} is not ready: {model.reason or model.state.value.lower()}")
+    body = await read_body(request, settings(request).max_body_bytes)
+    metrics = request.app.state.metrics
+    metrics.request_body_bytes.labels("tfserving").observe(len(body))
+    decoded = decode_predict(body, model.inputs, model.runtime.signature_name, model.label)
+    work = reg.infer(target.name, version, decoded.arrays, deadline(request, model.limits))
+    model, produced = await until_done_or_disconnect(request, work)
+    call.bind(model)
+    payload = encode_predict(decoded, produced, [spec.name for spec in model.outputs], model.label)
+    finish(metrics, call, 200, "ok")
+    return Response(payload, media_type=JSON, headers={VERSION_HEADER: str(model.version)})
