@@ -1,0 +1,215 @@
+"""Prove an exported artifact serves: load it through service.runtimes, compare it with the source."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from exporters import ExportError
+from exporters.spec import BATCH, Arrays, InputSpec, Source, random_inputs
+from service.codec import datatype_of
+from service.runtimes import Runtime, TensorSpec
+
+TIMED_RUNS = 5
+_FIX_HINT = "avoid x.shape[0]-dependent Python (loops over rows, reshapes to traced sizes) so the dim stays dynamic"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close the export must stay to the source: |exported - source| <= atol + rtol * |source|."""
+
+    atol: float = 1e-4
+    rtol: float = 1e-3
+
+
+@dataclass
+class Report:
+    """What verification measured, printed before anything is written."""
+
+    title: str
+    max_error: dict[str, float] = field(default_factory=dict)
+    latency_ms: list[tuple[int, float, float]] = field(default_factory=list)
+    dims: list[str] = field(default_factory=list)
+    sample_rows: int = 0
+
+    def format(self) -> str:
+        """Human-readable lines: error per output, latency per batch size, dims proven dynamic."""
+        width = max([len("output"), *(len(n) for n in self.max_error)])
+        lines = [self.title, f"  {'output':<{width}}  max abs error"]
+        lines += [f"  {name:<{width}}  {error:.2e}" for name, error in self.max_error.items()]
+        lines.append("  batch  source ms  exported ms")
+        lines += [f"  {b:>5}  {s:>9.3f}  {e:>11.3f}" for b, s, e in self.latency_ms]
+        lines.append(f"  dynamic dims: {', '.join(self.dims)}")
+        if self.sample_rows:
+            lines.append(f"  sample file: {self.sample_rows} rows match")
+        return "\n".join(lines)
+
+
+def check_signature(source: Source, runtime: Runtime) -> list[TensorSpec]:
+    """The artifact's inputs must be the declared ones, with every declared dynamic dim still dynamic."""
+    by_name = {spec.name: spec for spec in runtime.inputs}
+    if sorted(by_name) != sorted(s.name for s in source.inputs):
+        raise ExportError(f"the export has inputs {sorted(by_name)}, expected {[s.name for s in source.inputs]}")
+    outputs = {spec.name: spec for spec in runtime.outputs}
+    if sorted(outputs) != sorted(source.output_names):
+        raise ExportError(f"the export has outputs {sorted(outputs)}, expected {source.output_names}")
+    for declared in source.inputs:
+        _check_dims(declared, by_name[declared.name])
+    for name, spec in outputs.items():
+        if not spec.shape or spec.shape[0] != -1:
+            shape = list(spec.shape)
+            raise ExportError(f"the batch dim of output '{name}' became fixed ({shape}) in the export; {_FIX_HINT}")
+    return [by_name[s.name] for s in source.inputs] + [outputs[n] for n in source.output_names]
+
+
+def _check_dims(declared: InputSpec, exported: TensorSpec) -> None:
+    what = f"input '{declared.name}'"
+    if exported.datatype != declared.datatype:
+        raise ExportError(f"{what} is {exported.datatype} in the export, declared {declared.datatype}")
+    if len(exported.shape) != len(declared.dims):
+        raise ExportError(f"{what} has shape {list(exported.shape)} in the export, declared {declared.shape}")
+    for index, (got, want) in enumerate(zip(exported.shape, declared.dims, strict=True)):
+        if isinstance(want, str) and got != -1:
+            dim = "the batch dim (dim 0)" if index == 0 else f"dim {index}"
+            raise ExportError(f"{dim} of {what} became fixed ({got}) in the export; {_FIX_HINT}")
+        if isinstance(want, int) and got not in (-1, want):
+            raise ExportError(f"dim {index} of {what} is {got} in the export, declared {want}")
+
+
+class Verifier:
+    """Runs the source and the artifact side by side and fails on the first disagreement."""
+
+    def __init__(self, source: Source, runtime: Runtime, tolerance: Tolerance, sizes: dict[str, int]) -> None:
+        self.source = source
+        self.runtime = runtime
+        self.tolerance = tolerance
+        self.sizes = sizes
+        self.rng = np.random.default_rng(1)
+        self.report = Report(f"verified {source.fmt} artifact against the {source.framework} model (cpu)")
+        self.report.max_error = dict.fromkeys(source.output_names, 0.0)
+
+    def run(self, max_batch_size: int, sample: Arrays | None) -> Report:
+        """Batch 1, 2 and max (timed), every other dynamic dim at a second size, then the sample rows."""
+        batches = sorted({1, 2, max_batch_size})
+        for batch in batches:
+            arrays = random_inputs(self.source.inputs, {**self.sizes, BATCH: batch}, self.rng)
+            self.report.latency_ms.append((batch, *self._compare(arrays, f"batch {batch}", timed=True)))
+        self.report.dims.append(f"batch ({', '.join(map(str, batches))})")
+        for dim, size in self.sizes.items():
+            if dim != BATCH:
+                self._vary(dim, size)
+        if sample is not None:
+            self._sample(sample, max_batch_size)
+        return self.report
+
+    def _vary(self, dim: str, size: int) -> None:
+        arrays = random_inputs(self.source.inputs, {**self.sizes, BATCH: 2, dim: size * 2}, self.rng)
+        where = f"{_describe(dim)} = {size * 2} (traced at {size})"
+        try:
+            expected = self.source.predict(arrays)
+        except ExportError as exc:
+            raise ExportError(
+                f"the source model fails at {where}: {exc}; if inputs must share this dim, give it one name "
+                "(e.g. ids:int64:-1,seq and mask:int64:-1,seq)"
+            ) from None
+        self._compare(arrays, where, expected=expected)
+        self.report.dims.append(f"{_describe(dim)} ({size}, {size * 2})")
+
+    def _sample(self, sample: Arrays, chunk: int) -> None:
+        rows = len(next(iter(sample.values())))
+        for start in range(0, rows, chunk):
+            part = {name: value[start : start + chunk] for name, value in sample.items()}
+            self._compare(part, f"sample rows {start}..{min(start + chunk, rows) - 1}")
+        self.report.sample_rows = rows
+
+    def _compare(
+        self, arrays: Arrays, where: str, timed: bool = False, expected: Arrays | None = None
+    ) -> tuple[float, float]:
+        expected = self.source.predict(arrays) if expected is None else expected
+        got = self._predict(arrays, where)
+        rows = len(next(iter(arrays.values())))
+        for name in self.source.output_names:
+            self._match(name, expected[name], got[name], rows, where)
+        if not timed:
+            return 0.0, 0.0
+        return _median_ms(self.source.predict, arrays), _median_ms(self.runtime.predict, arrays)
+
+    def _predict(self, arrays: Arrays, where: str) -> Arrays:
+        try:
+            return self.runtime.predict(arrays)
+        except Exception as exc:
+            cause = exc.__cause__ or exc
+            raise ExportError(f"the export fails at {where} ({_first_line(cause)}); {_FIX_HINT}") from exc
+
+    def _match(self, name: str, expected: np.ndarray, got: np.ndarray, rows: int, where: str) -> None:
+        what = f"output '{name}' at {where}"
+        if expected.ndim == 0 or expected.shape[0] != rows:
+            raise ExportError(f"{what}: the source gives shape {list(expected.shape)}; outputs must keep the batch dim")
+        if got.shape != expected.shape:
+            raise ExportError(f"{what}: shape {list(got.shape)} in the export, {list(expected.shape)} from the source")
+        got_type, want_type = datatype_of(got.dtype), datatype_of(expected.dtype)
+        if got_type != want_type:
+            raise ExportError(f"{what}: {got_type} in the export, {want_type} from the source")
+        error = _max_abs_error(expected, got)
+        self.report.max_error[name] = max(self.report.max_error[name], error)
+        tol = self.tolerance
+        if not np.allclose(got, expected, atol=tol.atol, rtol=tol.rtol, equal_nan=True):
+            raise ExportError(
+                f"{what} differs from the source: max abs error {error:.3g} (atol {tol.atol:g}, rtol {tol.rtol:g})"
+            )
+
+
+def read_sample(path: Path, inputs: list[InputSpec]) -> Arrays:
+    """Arrays from an .npz file keyed by input name, cast to the declared dtypes, all with the same rows."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot read sample file '{path}': {_first_line(exc)}") from None
+    expected = {spec.name: spec for spec in inputs}
+    if sorted(arrays) != sorted(expected):
+        raise ExportError(f"sample file '{path.name}' holds {sorted(arrays)}, expected arrays {sorted(expected)}")
+    out = {}
+    for name, value in arrays.items():
+        spec = expected[name]
+        if not np.can_cast(value.dtype, spec.dtype, "same_kind") or value.ndim != len(spec.dims):
+            raise ExportError(f"sample '{name}' is {value.dtype}{list(value.shape)}, expected {spec.dtype}{spec.shape}")
+        out[name] = value.astype(spec.dtype, copy=False)
+    if len({len(v) for v in out.values()}) != 1 or not len(next(iter(out.values()))):
+        raise ExportError(f"sample file '{path.name}': arrays must have the same, non-zero number of rows")
+    return out
+
+
+def _describe(dim: str) -> str:
+    name, _, index = dim.rpartition(".")
+    return f"dim {index} of input '{name}'" if index.isdigit() else f"dim '{dim}'"
+
+
+def _max_abs_error(expected: np.ndarray, got: np.ndarray) -> float:
+    if expected.size == 0:
+        return 0.0
+    if expected.dtype.kind == "b":
+        return float(np.count_nonzero(expected != got))
+    with np.errstate(invalid="ignore"):  # inf - inf where both sides overflow alike
+        diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+    return float(np.nanmax(diff)) if not np.isnan(diff).all() else 0.0
+
+
+def _median_ms(predict: Callable[[Arrays], Arrays], arrays: Arrays) -> float:
+    predict(arrays)  # warm-up: first calls allocate and, for TensorFlow, trace
+    times = []
+    for _ in range(TIMED_RUNS):
+        start = time.perf_counter()
+        predict(arrays)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__

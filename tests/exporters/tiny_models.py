@@ -1,0 +1,104 @@
+"""Tiny real models for the exporter tests, importable as tests.exporters.tiny_models:<factory>."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+TINY_CONSTANT = 3  # not a factory
+
+
+class TwoInOut(nn.Module):
+    """Two inputs of different dtypes, two outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Linear(6, 4)
+        self.counts = nn.Linear(3, 4)
+
+    def forward(self, features: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.features(features) + self.counts(counts.float())
+        return hidden.softmax(-1), hidden.sum(-1, keepdim=True)
+
+
+class Sequence(nn.Module):
+    """Token ids of any length -> class scores: a dynamic dim besides the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        scores: torch.Tensor = self.head(self.embed(tokens).mean(1))
+        return scores
+
+
+class Eigen(nn.Module):
+    """Uses an op (aten.linalg_eig) that the ONNX exporter cannot translate."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values: torch.Tensor = torch.linalg.eigvals(x.reshape(-1, 2, 2))
+        return values.real
+
+
+class RowLoop(nn.Module):
+    """Loops over rows in Python, which ties the batch dim to the traced size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([row * 2 for row in x])
+
+
+class AlwaysDropout(nn.Module):
+    """Dropout forced on even in eval mode, so the export cannot match the model."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(x, 0.5, training=True)
+
+
+def make_two_io() -> nn.Module:
+    """Two inputs (FP32 features, INT64 counts), two outputs."""
+    torch.manual_seed(0)
+    return TwoInOut()
+
+
+def make_sequence() -> nn.Module:
+    """Embedding bag over a dynamic sequence dim."""
+    torch.manual_seed(0)
+    return Sequence()
+
+
+def make_eigen() -> nn.Module:
+    """A model the exporter cannot handle."""
+    return Eigen()
+
+
+def make_row_loop() -> nn.Module:
+    """A model whose export fixes the batch dim."""
+    return RowLoop()
+
+
+def make_dropout() -> nn.Module:
+    """A model whose export differs from the eager model."""
+    return AlwaysDropout()
+
+
+def make_broken() -> nn.Module:
+    """A factory that fails."""
+    raise RuntimeError("no such checkpoint")
+
+
+def make_keras_two_inputs() -> Any:
+    """Keras functional model: features [-1, 4] and a sequence [-1, -1, 3] -> scores and value."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    features = keras.Input(shape=(4,), name="features")
+    sequence = keras.Input(shape=(None, 3), name="sequence")
+    pooled = keras.layers.GlobalAveragePooling1D()(sequence)
+    hidden = keras.layers.Concatenate()([keras.layers.Dense(5, activation="relu")(features), pooled])
+    scores = keras.layers.Dense(2, activation="softmax", name="scores")(hidden)
+    value = keras.layers.Dense(1, name="value")(hidden)
+    return keras.Model([features, sequence], [scores, value])
