@@ -144,6 +144,8 @@ def _requested_outputs(outputs: Any) -> list[tuple[str, bool]] | None:
         binary = params.get("binary_data", None)
         if binary is not None and not isinstance(binary, bool):
             raise BadRequestError(f"output '{item['name']}': binary_data must be true or false")
+        if any(name == item["name"] for name, _ in wanted):
+            raise BadRequestError(f"output '{item['name']}' is requested more than once")
         wanted.append((item["name"], binary if binary is not None else None))  # type: ignore[arg-type]
     return wanted
 

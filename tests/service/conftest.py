@@ -85,7 +85,8 @@ class FakeRuntime:
     """Stands in for a model: y = 2 * x (FP32 [-1, 4]) and `version` (INT64 [-1]) naming the version that ran.
 
     Behaviour comes from the artifact's JSON: `delay_s` per call, `fail_predict` (every call raises, so warm-up
-    fails), `load_error` (the loader raises).
+    fails), `fail_value` (a call whose x holds that value raises, like a model bug), `load_error` (the loader
+    raises).
     """
 
     format = "onnx"
@@ -93,11 +94,19 @@ class FakeRuntime:
     degraded = False
     signature_name = "serving_default"
 
-    def __init__(self, name: str, version: int, delay_s: float = 0.0, fail_predict: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        delay_s: float = 0.0,
+        fail_predict: bool = False,
+        fail_value: float | None = None,
+    ) -> None:
         self.name = name
         self.version = version
         self.delay_s = delay_s
         self.fail_predict = fail_predict
+        self.fail_value = fail_value
         self.inputs = [TensorSpec("x", "FP32", (-1, 4))]
         self.outputs = [TensorSpec("y", "FP32", (-1, 4)), TensorSpec("version", "INT64", (-1,))]
         self.batch_rows: list[int] = []
@@ -118,6 +127,8 @@ class FakeRuntime:
                 time.sleep(self.delay_s)
             x = inputs["x"]
             self.batch_rows.append(int(x.shape[0]))
+            if self.fail_value is not None and (x == self.fail_value).any():
+                raise ValueError(f"/secret/path/model.py: cannot handle {self.fail_value}")
             return {"y": x * 2, "version": np.full(x.shape[0], self.version, dtype=np.int64)}
         finally:
             with self._lock:
@@ -147,6 +158,7 @@ class FakeLoader:
             int(artifact.parent.name),
             delay_s=float(behaviour.get("delay_s", 0.0)),
             fail_predict=bool(behaviour.get("fail_predict", False)),
+            fail_value=behaviour.get("fail_value"),
         )
         self.runtimes.append(runtime)
         return runtime

@@ -131,6 +131,10 @@ def test_several_inputs_keep_their_own_datatypes() -> None:
             "'classification' is not supported",
         ),
         (
+            body(inputs=[tensor(data=[1, 2, 3, 4])], outputs=[{"name": "y"}, {"name": "y"}]),
+            "output 'y' is requested more than once",
+        ),
+        (
             body(inputs=[tensor(data=[1, 2, 3, 4])], outputs=[{"name": "y", "parameters": {"binary_data": "yes"}}]),
             "binary_data must be true or false",
         ),
