@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from service.settings import unknown_env_settings
 from tests.deploy.conftest import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -157,6 +158,10 @@ def test_final_stage_environment(stages: list[Stage]) -> None:
     assert "TANDEM_HOST=0.0.0.0" in env
     assert "TANDEM_MODELS_DIR=/models" in env
     assert "NVIDIA_VISIBLE_DEVICES" not in env, "let --gpus / the device plugin choose the GPUs"
+    assert "compute" in env, "NVIDIA_DRIVER_CAPABILITIES must include compute for CUDA"
+    # The server refuses to start on an unknown TANDEM_* variable.
+    names = {name: "x" for name in re.findall(r"\b(TANDEM_[A-Z0-9_]+)=", env)}
+    assert unknown_env_settings(names) == []
 
 
 def test_final_stage_installs_no_torch_and_no_exporters(stages: list[Stage]) -> None:
