@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -69,6 +70,8 @@ def serve(argv: list[str]) -> int:
     settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_startup(settings)
+    # uvicorn drains on SIGTERM, then re-raises the signal under the handler it found: make that a clean exit.
+    signal.signal(signal.SIGTERM, _exit_after_drain)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -79,6 +82,11 @@ def serve(argv: list[str]) -> int:
         server_header=False,
     )
     return 0
+
+
+def _exit_after_drain(signum: int, frame: object) -> None:
+    """SIGTERM outside uvicorn's own handler: before serving (nothing to drain) or after the drain."""
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
