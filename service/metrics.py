@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -18,6 +18,8 @@ class Metrics:
     """The metric set of PROTOCOLS.md §5.2, bound to one registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        # The *_created series double what Prometheus stores and no dashboard reads them.
+        disable_created_metrics()
         self.registry = registry
         model_version = ("model", "version")
         device = (*model_version, "device")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ _done = False
 def _configure_tensorflow(options: RuntimeOptions) -> Any:
     """Import TensorFlow once, with memory growth and thread counts set before it initialises."""
     global _done
+    # TensorFlow's C++ INFO/WARNING lines (oneDNN notes, missing CUDA on CPU hosts) are not the operator's concern.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     with _configured:
