@@ -19,6 +19,7 @@ from service.api.http import (
     settings,
     until_done_or_disconnect,
 )
+from service.api.tfserving import check_name
 from service.codec_v2 import check_requested_outputs, decode_request, encode_response, select_outputs
 from service.errors import ModelNotReadyError
 from service.registry import LoadedModel
@@ -108,7 +109,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     """Decode, validate, batch, run and encode one inference request."""
     call = begin(request, "v2")
     reg = registry(request)
-    wanted = parse_version(version, name)
+    wanted = parse_version(version, check_name(name))
     model = reg.get(name, wanted)
     call.bind(model)
     max_bytes = settings(request).max_body_bytes
@@ -136,7 +137,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
 
 def _lookup(request: Request, name: str, version: str | None, *, ready_only: bool) -> LoadedModel:
     reg = registry(request)
-    wanted = parse_version(version, name)
+    wanted = parse_version(version, check_name(name))
     if wanted is None and not ready_only:
         versions = reg.versions(name)
         if not any(m.ready for m in versions.values()):

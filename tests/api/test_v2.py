@@ -331,6 +331,13 @@ def test_unknown_models_and_versions_are_404(client: TestClient, path: str, frag
     assert_e1(client.get(path.removesuffix("/infer") + "/ready"), 404)
 
 
+@pytest.mark.parametrize("name", ["bad%20name", "-dash", "a" * 129, "caf%C3%A9"])
+def test_a_name_outside_the_model_name_grammar_is_400_before_any_lookup(client: TestClient, name: str) -> None:
+    assert_e1(client.post(f"/v2/models/{name}/infer", json=infer_body()), 400, "model name")
+    assert_e1(client.get(f"/v2/models/{name}"), 400, "model name")
+    assert_e1(client.get(f"/v2/models/{name}/versions/1/ready"), 400, "model name")
+
+
 def test_a_body_over_max_body_bytes_is_413_by_content_length(client: TestClient) -> None:
     raw = b" " * (MAX_BODY + 1)
     assert_e1(client.post("/v2/models/m/infer", content=raw, headers={"content-type": JSON}), 413, "max_body_bytes")
