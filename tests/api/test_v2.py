@@ -34,11 +34,14 @@ def serving(repo: Path, **settings: Any) -> Iterator[TestClient]:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    """m: versions 1 and 2 (all served); slow: 0.4 s per call, no batching, a queue of one; buggy: fails on 13."""
+    """m: versions 1 and 2 (all served); slow: 0.4 s per call, no batching, a queue of one; buggy: fails on 13;
+    queued: 0.4 s per call, no batching, a 50 ms queue timeout."""
     for version in (1, 2):
         write_fake_model(tmp_path, "m", version, config={"version_policy": "all", "max_batch_size": 8})
     write_fake_model(tmp_path, "slow", 1, delay_s=0.4, config={"max_batch_size": 0, "max_queue_size": 1})
     write_fake_model(tmp_path, "buggy", 1, fail_value=13)
+    queued = {"max_batch_size": 0, "queue_timeout_ms": 50}
+    write_fake_model(tmp_path, "queued", 1, delay_s=0.4, config=queued)
     return tmp_path
 
 
@@ -404,9 +407,18 @@ def test_the_request_id_is_echoed_or_generated(client: TestClient) -> None:
 # ----- deadlines and the queue ------------------------------------------------------------------
 
 
+def outcome_count(client: TestClient, model: str, code: str, outcome: str) -> float:
+    labels = f'code="{code}",dialect="v2",model="{model}",outcome="{outcome}",version="1"'
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f"tandem_requests_total{{{labels}}}"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_the_timeout_header_gives_504(client: TestClient) -> None:
     response = client.post("/v2/models/slow/infer", json=infer_body(), headers={"X-Request-Timeout-Ms": "50"})
     assert_e1(response, 504, "deadline")
+    assert outcome_count(client, "slow", "504", "deadline") == 1
     response = client.post("/v2/models/slow/infer", json=infer_body(), headers={"X-Request-Timeout-Ms": "zero"})
     assert_e1(response, 400, "x-request-timeout-ms")
 
@@ -434,6 +446,20 @@ def test_a_full_queue_is_503_with_retry_after(client: TestClient) -> None:
     refused = next(r for r in responses if r.status_code == 503)
     assert_e1(refused, 503, "queue is full")
     assert int(refused.headers["retry-after"]) >= 1
+    assert outcome_count(client, "slow", "503", "queue_full") == codes.count(503)
+
+
+def test_a_request_queued_past_queue_timeout_is_503_with_retry_after(client: TestClient) -> None:
+    def call(_: int) -> Any:
+        return client.post("/v2/models/queued/infer", json=infer_body())
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        responses = list(pool.map(call, range(2)))
+    assert sorted(r.status_code for r in responses) == [200, 503]
+    refused = next(r for r in responses if r.status_code == 503)
+    assert_e1(refused, 503, "queue timeout")
+    assert int(refused.headers["retry-after"]) >= 1
+    assert outcome_count(client, "queued", "503", "queue_timeout") == 1
 
 
 # ----- metrics ----------------------------------------------------------------------------------
