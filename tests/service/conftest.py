@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def onnx_doubler(path: Path, width: int = 4) -> Path:
     return save_onnx(graph, path)
 
 
-def onnx_identity(path: Path, elem_types: dict[str, int], dims: list[int | str]) -> Path:
+def onnx_identity(path: Path, elem_types: Mapping[str, int], dims: list[int | str]) -> Path:
     """ONNX model passing each input `name` through to output `name_out`, one per element type."""
     from onnx import helper
 

@@ -32,7 +32,7 @@ def binary_body(head: dict[str, Any], *blobs: bytes) -> tuple[bytes, str]:
     return header + b"".join(blobs), str(len(header))
 
 
-def tensor(name: str = "x", shape: list[int] | None = None, datatype: str = "FP32", **extra: Any) -> dict[str, Any]:
+def tensor(name: str = "x", shape: list[Any] | None = None, datatype: str = "FP32", **extra: Any) -> dict[str, Any]:
     return {"name": name, "shape": [2, 2] if shape is None else shape, "datatype": datatype, **extra}
 
 
@@ -267,7 +267,7 @@ def test_a_header_length_equal_to_the_body_means_no_binary_data() -> None:
 # ----- outputs ----------------------------------------------------------------------------------
 
 DECLARED = ["a", "b", "c"]
-PRODUCED = {
+PRODUCED: dict[str, np.ndarray] = {
     "a": np.array([[1.0, 2.0]], np.float32),
     "b": np.array([7], np.int64),
     "c": np.array([b"x"], dtype=object),
