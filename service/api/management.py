@@ -151,6 +151,7 @@ async def register(request: Request) -> Response:
     if query.get("model_name", name) != name:
         raise BadRequestError("model_name must equal url: models keep their repository directory name")
     overrides, workers = _load_overrides(query)
+    synchronous = _bool(query.get("synchronous"), "synchronous")
     reg = registry(request)
     if any(m.ready for m in reg.all_models() if m.name == name):
         raise ConflictError(f'Model "{name}" is already registered')
@@ -159,7 +160,7 @@ async def register(request: Request) -> Response:
         raise ModelNotFoundError(f"Model not found in the repository: {name}")
     _check_batch_size(source.config.preferred_batch_sizes, overrides)
     control_state(request).registered.add(name)
-    if not _bool(query.get("synchronous"), "synchronous"):
+    if not synchronous:
         _spawn(request, _load_quietly(reg, source, overrides, workers))
         return json_response({"status": "Processing worker updates..."}, status_code=202)
     model = await load_and_scale(reg, source, overrides, workers)
