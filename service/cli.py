@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import signal
 import sys
 from typing import Any
@@ -78,7 +79,7 @@ def serve(argv: list[str]) -> int:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout_s)),  # uvicorn: 0/None = forever
         server_header=False,
     )
     return 0

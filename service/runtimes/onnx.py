@@ -78,7 +78,7 @@ class OnnxRuntime:
         except Exception as exc:  # ORT raises several unrelated classes for a bad file
             raise ModelLoadError(f"not a loadable ONNX model ({type(exc).__name__})") from exc
         got = self._session.get_providers()
-        self.degraded = want_cuda and got[0] != _CUDA
+        self.degraded = (want_cuda or options.device == "cuda") and got[0] != _CUDA
         if self.degraded and not options.allow_cpu_fallback:
             raise ModelLoadError(
                 "configured for GPU but ONNX Runtime fell back to CPU: CUDA 13 / cuDNN 9 libraries or the driver "

@@ -28,12 +28,9 @@ def _configure_tensorflow(options: RuntimeOptions) -> Any:
     with _configured:
         if not _done:
             try:
-                gpus = tf.config.list_physical_devices("GPU")
-                if options.device == "cpu":
-                    tf.config.set_visible_devices([], "GPU")
-                else:
-                    for gpu in gpus:
-                        tf.config.experimental.set_memory_growth(gpu, True)
+                # Placement is per model (tf.device below); hiding GPUs here would move every later model to CPU.
+                for gpu in tf.config.list_physical_devices("GPU"):
+                    tf.config.experimental.set_memory_growth(gpu, True)
                 threads = options.intra_op_threads or available_cpus()
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
                 tf.config.threading.set_inter_op_parallelism_threads(1)
