@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     frameworks = parser.add_subparsers(dest="framework", required=True, metavar="{torch,keras}")
     torch = frameworks.add_parser("torch", help="PyTorch nn.Module -> ONNX", epilog=EPILOG)
     torch.add_argument("--model", required=True, metavar="MODULE:CALLABLE", help="factory returning an nn.Module")
-    torch.add_argument("--weights", type=Path, help="state dict file (torch.save), loaded with weights_only=True")
+    torch.add_argument(
+        "--weights", type=Path, metavar="FILE", help="state dict file (torch.save), loaded with weights_only=True"
+    )
     torch.add_argument("--legacy-exporter", action="store_true", help="use the TorchScript exporter, not dynamo")
     keras = frameworks.add_parser("keras", help="Keras model -> SavedModel or ONNX", epilog=EPILOG)
     keras.add_argument("--model", required=True, metavar="FILE.keras|MODULE:CALLABLE", help="loaded with safe_mode")
@@ -34,23 +36,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_common(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--name", required=True, help="model name in the repository")
-    sub.add_argument("--version", help="version number (default: one more than the highest present)")
-    sub.add_argument("--repository", type=Path, default=Path("models"), help="model repository (default: models)")
+    sub.add_argument("--version", metavar="N", help="version number (default: one more than the highest present)")
+    sub.add_argument(
+        "--repository", type=Path, default=Path("models"), metavar="DIR", help="model repository (default: models)"
+    )
+    sub.add_argument("--labels", type=Path, metavar="FILE", help="one class label per line, copied as labels.txt")
     signature = sub.add_argument_group("signature")
     signature.add_argument(
-        "--input", action="append", default=[], metavar="NAME:DTYPE:SHAPE[:LOW,HIGH]", help="e.g. pixels:float32:-1,64"
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME:DTYPE:SHAPE[:LOW,HIGH]",
+        help="e.g. pixels:float32:-1,64:0,16 (Keras: optional, replaces the model's own inputs in order)",
     )
     signature.add_argument("--output", action="append", default=[], metavar="NAME", help="output names, in order")
-    signature.add_argument("--spec", type=Path, help="JSON file with inputs, outputs and dims")
-    signature.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE", help="trace size of a named dim")
+    signature.add_argument("--spec", type=Path, metavar="FILE", help="JSON file with inputs, outputs and dims")
+    signature.add_argument(
+        "--dim", action="append", default=[], metavar="NAME=SIZE", help="trace size of a dynamic dim (or INPUT.INDEX)"
+    )
     checks = sub.add_argument_group("verification")
     checks.add_argument(
-        "--max-batch-size", type=int, help=f"largest batch verified and batched (default {DEFAULT_MAX_BATCH_SIZE})"
+        "--max-batch-size",
+        type=int,
+        metavar="N",
+        help=f"largest batch verified and served (default {DEFAULT_MAX_BATCH_SIZE})",
     )
-    checks.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
-    checks.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
-    checks.add_argument("--sample", type=Path, help=".npz file with real inputs, one array per input name")
-    sub.add_argument("--labels", type=Path, help="text file, one class label per line, copied as labels.txt")
+    checks.add_argument("--atol", type=float, default=1e-4, metavar="X", help="absolute tolerance (default 1e-4)")
+    checks.add_argument("--rtol", type=float, default=1e-3, metavar="X", help="relative tolerance (default 1e-3)")
+    checks.add_argument("--sample", type=Path, metavar="FILE.npz", help="real inputs, one array per input name")
 
 
 def main(argv: list[str]) -> int:

@@ -23,6 +23,7 @@ BATCH = "batch"
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 DIM_REFERENCE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[1-9][0-9]*)?")
 TRACE_BATCH = 3  # >= 2, so that tracing never specialises the batch dim to 0 or 1
+SHARED_DIM_HINT = "if inputs must share a dynamic dim, give it one name (e.g. ids:int64:-1,seq and mask:int64:-1,seq)"
 FIRST_TRACE_DIM = 5  # other dynamic dims get 5, 6, 7... so that no two are confused while tracing
 
 

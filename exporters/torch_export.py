@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from exporters import ExportError
-from exporters.spec import BATCH, IDENTIFIER, InputSpec, load_callable, random_inputs, trace_sizes
+from exporters.spec import BATCH, IDENTIFIER, SHARED_DIM_HINT, InputSpec, load_callable, random_inputs, trace_sizes
 from service.runtimes import ARTIFACT_NAMES
 
 # A protobuf file tops out at 2 GiB; heavier weights go into a model.onnx.data file beside it.
@@ -79,7 +79,13 @@ class TorchSource:
         sizes = trace_sizes(inputs, options.get("dim_sizes", {}))
         arrays = random_inputs(inputs, sizes, np.random.default_rng(0))
         self._example = tuple(torch.from_numpy(arrays[spec.name]) for spec in inputs)
-        self.output_names = _output_names(self._call(self._example), outputs)
+        try:
+            result = self._call(self._example)
+        except ExportError as exc:
+            if len(sizes) > 2:  # several dynamic dims traced at different sizes: perhaps one shared dim
+                raise ExportError(f"{exc}; {SHARED_DIM_HINT}") from exc
+            raise
+        self.output_names = _output_names(result, outputs)
 
     def predict(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the eager model on numpy inputs."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from exporters import ExportError
-from exporters.spec import BATCH, Arrays, InputSpec, Source, random_inputs
+from exporters.spec import BATCH, SHARED_DIM_HINT, Arrays, InputSpec, Source, random_inputs
 from service.codec import datatype_of
 from service.runtimes import Runtime, TensorSpec
 
@@ -113,10 +113,7 @@ class Verifier:
         try:
             expected = self.source.predict(arrays)
         except ExportError as exc:
-            raise ExportError(
-                f"the source model fails at {where}: {exc}; if inputs must share this dim, give it one name "
-                "(e.g. ids:int64:-1,seq and mask:int64:-1,seq)"
-            ) from None
+            raise ExportError(f"the source model fails at {where}: {exc}; {SHARED_DIM_HINT}") from None
         self._compare(arrays, where, expected=expected)
         self.report.dims.append(f"{_describe(dim)} ({size}, {size * 2})")
 

@@ -195,3 +195,24 @@ def test_the_output_count_must_match_the_names_given(tmp_path: Path) -> None:
                  "--repository", tmp_path)  # fmt: skip
     assert run.code == 1
     assert "the model returns 2 output(s) but 1 --output names were given" in run.error
+
+
+def test_inputs_sharing_a_dynamic_dim_need_one_name_for_it(tmp_path: Path) -> None:
+    common = ["--model", f"{TINY}:make_masked_bag", "--output", "probabilities", "--repository", tmp_path]
+    unnamed = export("torch", *common, "--input", "ids:int64:-1,-1:0,50", "--input", "mask:float32:-1,-1:0,1",
+                     "--name", "unnamed")  # fmt: skip
+    assert unnamed.code == 1
+    assert "the model failed on inputs ids[3, 5], mask[3, 6]" in unnamed.error
+    assert "give it one name (e.g. ids:int64:-1,seq and mask:int64:-1,seq)" in unnamed.error
+    assert_nothing_written(tmp_path, "unnamed")
+    named = export("torch", *common, "--input", "ids:int64:-1,seq:0,50", "--input", "mask:float32:-1,seq:0,1",
+                   "--dim", "seq=4", "--name", "named")  # fmt: skip
+    assert named.code == 0, named.err
+    assert "dim 'seq' (4, 8)" in named.out
+    runtime = load(tmp_path, "named", 1, "onnx")
+    rng = np.random.default_rng(0)
+    for batch, length in [(1, 2), (3, 9)]:
+        ids, mask = rng.integers(0, 50, (batch, length)), (rng.random((batch, length)) < 0.7).astype(np.float32)
+        expected = torch_outputs(tiny_models.make_masked_bag(), ["probabilities"], ids, mask)
+        assert_close(runtime.predict({"ids": ids, "mask": mask}), expected)
+    runtime.close()

@@ -36,6 +36,20 @@ class Sequence(nn.Module):
         return scores
 
 
+class MaskedBag(nn.Module):
+    """Token ids and a mask that must share their sequence length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        summed = (self.embed(ids) * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        probabilities: torch.Tensor = self.head(summed).softmax(-1)
+        return probabilities
+
+
 class Eigen(nn.Module):
     """Uses an op (aten.linalg_eig) that the ONNX exporter cannot translate."""
 
@@ -68,6 +82,12 @@ def make_sequence() -> nn.Module:
     """Embedding bag over a dynamic sequence dim."""
     torch.manual_seed(0)
     return Sequence()
+
+
+def make_masked_bag() -> nn.Module:
+    """Two inputs with one shared dynamic dim."""
+    torch.manual_seed(0)
+    return MaskedBag()
 
 
 def make_eigen() -> nn.Module:
