@@ -156,6 +156,8 @@ Endpoint = Callable[..., Awaitable[Response]]
 # other method and path; both paths share the same handlers and error handlers.
 FAST_ROUTES: list[tuple[str, re.Pattern[str], Endpoint]] = [
     ("POST", re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer"), v2.infer),
+    ("POST", re.compile(r"/(?P<v1>[vV]1)/(?P<path>.*)"), tfserving.dispatch),
+    ("POST", re.compile(r"/predictions/(?P<name>[^/]+)(?:/(?P<version>[^/]+))?"), torchserve.predictions),
 ]
 
 
