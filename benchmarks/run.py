@@ -11,9 +11,11 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -80,6 +82,19 @@ def start_server(models: Path, port: int, env_extra: dict[str, str], cpu: str | 
     raise SystemExit("server did not become ready in 120 s")
 
 
+def repository_with(models: Path, workdir: Path, max_batch_size: int | None) -> Path:
+    """A one-model repository copy whose model.json sets max_batch_size (None: as exported)."""
+    from service.repository import read_config
+
+    target = workdir / f"batch{max_batch_size}" / MODEL
+    shutil.copytree(models / MODEL, target)
+    config = read_config(target)
+    if max_batch_size is not None:
+        config.max_batch_size = max_batch_size
+    (target / "model.json").write_text(config.model_dump_json(exclude_none=True, indent=2))
+    return target.parent
+
+
 def measure(models: Path, label: str, env_extra: dict[str, str], levels: list[int], seconds: float) -> list[Result]:
     """Start a server, drive each concurrency level, stop it."""
     cpus = sorted(os.sched_getaffinity(0))
@@ -108,6 +123,7 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--levels", default="1,16,64")
+    parser.add_argument("--max-batch-size", type=int, default=64, help="rows per batch in the batching-on run")
     args = parser.parse_args()
     if not (args.models / MODEL / "1" / "model.onnx").exists():
         raise SystemExit(f"{MODEL} missing: build the examples first (make examples)")
@@ -115,8 +131,11 @@ def main() -> None:
     print(f"tandem benchmark: {MODEL}, one JSON sample per request, {os.cpu_count()} CPUs visible", flush=True)
     for line in ceiling(args.models, args.seconds):
         print(line, flush=True)
-    measure(args.models, "server, batching on", {}, levels, args.seconds)
-    measure(args.models, "server, batching off", {"TANDEM_MAX_BATCH_SIZE": "0"}, levels, args.seconds)
+    with tempfile.TemporaryDirectory() as workdir:
+        batched = repository_with(args.models, Path(workdir), args.max_batch_size)
+        unbatched = repository_with(args.models, Path(workdir), 0)
+        measure(batched, f"server, batching on ({args.max_batch_size})", {}, levels, args.seconds)
+        measure(unbatched, "server, batching off", {}, levels, args.seconds)
 
 
 if __name__ == "__main__":

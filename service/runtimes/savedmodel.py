@@ -21,7 +21,7 @@ _done = False
 def _configure_tensorflow(options: RuntimeOptions) -> Any:
     """Import TensorFlow once, with memory growth and thread counts set before it initialises."""
     global _done
-    # TensorFlow's C++ INFO/WARNING lines (oneDNN notes, missing CUDA on CPU hosts) are not the operator's concern.
+    # Filters TensorFlow's C++ INFO/WARNING logs (TF 2.21 prints its first few import-time lines regardless).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
