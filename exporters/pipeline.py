@@ -59,8 +59,9 @@ def export_model(source: Source, target: writer.Target, checks: Checks, labels: 
         }
         if source.fmt == "savedmodel":
             values["signature_name"] = SIGNATURE
-        batch = {"max_batch_size": checks.max_batch_size or DEFAULT_MAX_BATCH_SIZE}
-        config = writer.Config(values | (batch if checks.max_batch_size else {}), batch)
+        if checks.max_batch_size:  # given explicitly: replaces a hand-edited value too
+            values["max_batch_size"] = checks.max_batch_size
+        config = writer.Config(values, defaults={"max_batch_size": DEFAULT_MAX_BATCH_SIZE})
         version_dir = writer.write(planned, Path(tmp), config, labels)
     print(f"wrote {_shown(version_dir)} and {_shown(version_dir.parent / 'model.json')}", flush=True)
     return version_dir

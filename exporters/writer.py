@@ -102,16 +102,22 @@ def write(plan: Plan, export_dir: Path, config: Config, labels: list[str] | None
 
 
 def _publish(plan: Plan, staged_model: Path, staging: Path) -> None:
+    replaced = staging / "replaced"
     try:
         if not plan.model_dir.exists():
             os.rename(staged_model, plan.model_dir)  # a new model appears with its config and version at once
             return
         if plan.replace and plan.version_dir.exists():
-            os.rename(plan.version_dir, staging / "replaced")
+            os.rename(plan.version_dir, replaced)
         os.rename(staged_model / str(plan.version), plan.version_dir)
         os.replace(staged_model / CONFIG_FILE, plan.model_dir / CONFIG_FILE)
     except OSError as exc:
-        raise ExportError(f"cannot move the export into '{plan.version_dir.name}': {exc.strerror}") from None
+        if replaced.exists() and not plan.version_dir.exists():
+            os.rename(replaced, plan.version_dir)  # put the old version back rather than lose it
+        raise ExportError(
+            f"cannot move version {plan.version} into '{plan.model_dir.name}' ({exc.strerror}); "
+            "did another export take it? Run again to take the next version"
+        ) from None
 
 
 @dataclass(frozen=True)

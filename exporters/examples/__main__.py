@@ -46,13 +46,15 @@ def build(models: Path, force: bool) -> dict[str, float]:
     from exporters.examples.digits import load_split
 
     todo = [name for name, (_, fmt) in EXAMPLES.items() if force or not present(models, name, fmt)]
-    for name in EXAMPLES.keys() - todo:
-        print(f"{name}: already in {models}, skipped (--force rebuilds it)")
+    for name in EXAMPLES:
+        if name not in todo:
+            print(f"{name}: already in {models}, skipped (--force rebuilds it)")
     split = load_split() if todo else None
-    accuracies = {}
+    accuracies: dict[str, float] = {}
     for name in todo:
         module = importlib.import_module(EXAMPLES[name][0])
-        accuracies[name] = module.build(models, split, replace=force)
+        # version 1 belongs to the example: a forced or half-present one is replaced, atomically
+        accuracies[name] = module.build(models, split, replace=True)
     return accuracies
 
 
