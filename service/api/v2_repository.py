@@ -62,8 +62,11 @@ async def load(request: Request, name: str) -> Response:
     source = await asyncio.to_thread(repository.find_model, settings(request).models_dir, name)
     if source is None:
         raise ModelNotFoundError(f"model '{name}' not found in the repository")
-    await load_and_scale(registry(request), source, {}, None)
-    control_state(request).registered.add(name)
+    reg = registry(request)
+    was_serving = any(m.ready for m in reg.all_models() if m.name == name)
+    await load_and_scale(reg, source, {}, None)
+    if not was_serving:
+        control_state(request).registered.add(name)
     return Response(status_code=200)
 
 
