@@ -89,7 +89,8 @@ class TorchSource:
 
     def predict(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the eager model on numpy inputs."""
-        tensors = tuple(torch.from_numpy(np.ascontiguousarray(arrays[spec.name])) for spec in self.inputs)
+        # torch.from_numpy shares memory and warns on read-only arrays: hand it a writable C-ordered one
+        tensors = tuple(torch.from_numpy(np.require(arrays[s.name], requirements=["C", "W"])) for s in self.inputs)
         results = _flatten(self._call(tensors))
         return {name: t.detach().cpu().numpy() for name, t in zip(self.output_names, results, strict=True)}
 

@@ -174,7 +174,10 @@ def read_sample(path: Path, inputs: list[InputSpec]) -> Arrays:
     out = {}
     for name, value in arrays.items():
         spec = expected[name]
-        if not np.can_cast(value.dtype, spec.dtype, "same_kind") or value.ndim != len(spec.dims):
+        fits = value.ndim == len(spec.dims) and all(
+            isinstance(want, str) or got == want for got, want in zip(value.shape, spec.dims, strict=True)
+        )
+        if not fits or not np.can_cast(value.dtype, spec.dtype, "same_kind"):
             raise ExportError(f"sample '{name}' is {value.dtype}{list(value.shape)}, expected {spec.dtype}{spec.shape}")
         out[name] = value.astype(spec.dtype, copy=False)
     if len({len(v) for v in out.values()}) != 1 or not len(next(iter(out.values()))):

@@ -216,3 +216,12 @@ def test_inputs_sharing_a_dynamic_dim_need_one_name_for_it(tmp_path: Path) -> No
         expected = torch_outputs(tiny_models.make_masked_bag(), ["probabilities"], ids, mask)
         assert_close(runtime.predict({"ids": ids, "mask": mask}), expected)
     runtime.close()
+
+
+def test_a_sample_file_must_fit_the_declared_shapes(tmp_path: Path) -> None:
+    np.savez(tmp_path / "sample.npz", features=np.zeros((2, 5), np.float32), counts=np.zeros((2, 3), np.int64))
+    run = export("torch", "--model", f"{TINY}:make_two_io", *TWO_IO, "--sample", tmp_path / "sample.npz",
+                 "--name", "m", "--repository", tmp_path)  # fmt: skip
+    assert run.code == 1
+    assert run.error == "error: sample 'features' is float32[2, 5], expected float32[-1, 6]"
+    assert_nothing_written(tmp_path, "m")
