@@ -90,6 +90,8 @@ def parse_dims(name: str, dims: list[int | str], where: str) -> tuple[int | str,
     for index, dim in enumerate(dims[1:], start=1):
         if dim == -1:
             out.append(f"{name}.{index}")
+        elif dim == BATCH:
+            raise ExportError(f"{where}: the dim name '{BATCH}' is reserved for dim 0")
         elif _is_dim_name(dim) or (isinstance(dim, int) and not isinstance(dim, bool) and dim > 0):
             out.append(dim)
         else:

@@ -49,6 +49,7 @@ def test_a_model_reference_that_cannot_be_built_is_named(tmp_path: Path, model: 
         ("2pixels:float32:-1,64", "input name '2pixels' must be an identifier"),
         ("pixels:float32:-1,64:16,0", "value range needs low < high"),
         ("pixels:float32:", "empty shape"),
+        ("pixels:float32:-1,batch", "the dim name 'batch' is reserved for dim 0"),
     ],
 )
 def test_a_bad_input_spec_is_named(tmp_path: Path, spec: str, message: str) -> None:
