@@ -41,7 +41,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def two_io(repository: Path) -> Run:
     sample = repository.parent / "sample.npz"
-    np.savez(sample, **two_io_inputs(5))
+    arrays = two_io_inputs(5)
+    np.savez(sample, features=arrays["features"], counts=arrays["counts"])
     return export("torch", "--model", f"{TINY}:make_two_io", *TWO_IO, "--sample", sample, "--name", "two_io",
                   "--repository", repository)  # fmt: skip
 
@@ -51,7 +52,7 @@ def sequence(repository: Path) -> Run:
     spec = repository.parent / "sequence.json"
     inputs = [{"name": "tokens", "dtype": "int64", "shape": [-1, "seq"], "range": [0, 20]}]
     spec.write_text(json.dumps({"inputs": inputs, "outputs": ["scores"], "dims": {"seq": 7}}))
-    args = ["--spec", spec, "--max-batch-size", "4", "--name", "sequence", "--repository", repository]
+    args: list[str | Path] = ["--spec", spec, "--max-batch-size", "4", "--name", "sequence", "--repository", repository]
     return export("torch", "--model", f"{TINY}:make_sequence", *args)
 
 
@@ -198,7 +199,14 @@ def test_the_output_count_must_match_the_names_given(tmp_path: Path) -> None:
 
 
 def test_inputs_sharing_a_dynamic_dim_need_one_name_for_it(tmp_path: Path) -> None:
-    common = ["--model", f"{TINY}:make_masked_bag", "--output", "probabilities", "--repository", tmp_path]
+    common: list[str | Path] = [
+        "--model",
+        f"{TINY}:make_masked_bag",
+        "--output",
+        "probabilities",
+        "--repository",
+        tmp_path,
+    ]
     unnamed = export("torch", *common, "--input", "ids:int64:-1,-1:0,50", "--input", "mask:float32:-1,-1:0,1",
                      "--name", "unnamed")  # fmt: skip
     assert unnamed.code == 1
