@@ -22,10 +22,10 @@ _UNSUPPORTED = re.compile(r"[Uu]nsupported ops?:? .*?'(\w+)'")
 
 
 def prepare_tensorflow() -> None:
-    """Configure TensorFlow as the SavedModel runtime does, before Keras initialises it.
+    """Configure TensorFlow as the SavedModel runtime does (CPU, its thread counts) before Keras starts it.
 
-    TensorFlow's thread pools and visible devices are fixed at first use; the runtime sets them when
-    it loads a SavedModel, which must therefore happen before Keras builds any model in this process.
+    TensorFlow fixes thread pools and visible devices at first use. Configured here, verification runs
+    with the server's settings; left to Keras, the runtime would keep Keras' settings and log a warning.
     """
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from service.runtimes import savedmodel
