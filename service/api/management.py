@@ -155,13 +155,13 @@ async def register(request: Request) -> Response:
     reg = registry(request)
     if any(m.ready for m in reg.all_models() if m.name == name):
         raise ConflictError(f'Model "{name}" is already registered')
-    source = repository.find_model(settings(request).models_dir, name)
+    source = await asyncio.to_thread(repository.find_model, settings(request).models_dir, name)
     if source is None:
         raise ModelNotFoundError(f"Model not found in the repository: {name}")
     _check_batch_size(source.config.preferred_batch_sizes, overrides)
     control_state(request).registered.add(name)
     if not synchronous:
-        _spawn(request, _load_quietly(reg, source, overrides, workers))
+        _load_in_background(request, source, overrides, workers)
         return json_response({"status": "Processing worker updates..."}, status_code=202)
     model = await load_and_scale(reg, source, overrides, workers)
     count = model.limits.max_concurrent_batches if model.limits else 0
@@ -217,18 +217,15 @@ async def load_and_scale(
     return reg.get(source.name)
 
 
-async def _load_quietly(
-    reg: Registry, source: repository.ModelSource, overrides: dict[str, float], workers: int | None
-) -> None:
-    try:
-        await load_and_scale(reg, source, overrides, workers)
-    except Exception as exc:  # nobody awaits an asynchronous registration: log its end
-        log.error("asynchronous registration of model %s failed: %s", source.name, exc)
+def _load_in_background(request: Request, source: repository.ModelSource, *args: Any) -> None:
+    async def load() -> None:
+        try:
+            await load_and_scale(registry(request), source, *args)
+        except Exception as exc:  # nobody awaits an asynchronous registration: log how it ended
+            log.error("asynchronous registration of model %s failed: %s", source.name, exc)
 
-
-def _spawn(request: Request, work: Any) -> None:
     tasks = control_state(request).tasks
-    task = asyncio.get_running_loop().create_task(work)
+    task = asyncio.get_running_loop().create_task(load())
     tasks.add(task)
     task.add_done_callback(tasks.discard)
 

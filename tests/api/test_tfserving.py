@@ -33,6 +33,10 @@ def available(version: str) -> dict[str, object]:
 # ----- model list and status -------------------------------------------------------------------------
 
 
+def test_kserve_v1_liveness(client: httpx.Client) -> None:
+    assert ok(client.get("/")) == {"status": "alive"}
+
+
 def test_list_models(client: httpx.Client) -> None:
     assert ok(client.get("/v1/models")) == {"models": ["badconfig", "broken", "echo", "fixed", "mlp", "pair"]}
 
