@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from service import repository
 from service.api.http import json_response, parse_version, registry, settings
-from service.api.tfserving import check_name
+from service.api.tfserving import check_name, not_ready
 from service.api.torchserve import lookup
 from service.errors import (
     BadRequestError,
@@ -233,7 +233,7 @@ def _load_in_background(request: Request, source: repository.ModelSource, *args:
 def scale(model: LoadedModel, workers: int) -> None:
     """Set the batches the version may run at once; 0 pauses it (its requests get 503)."""
     if model.batcher is None or model.limits is None or not model.ready:
-        raise ModelNotReadyError(f"{model.label} is not ready: {model.reason or model.state.value.lower()}")
+        raise not_ready(model)
     model.batcher.set_max_concurrent_batches(workers)
     model.limits = dataclasses.replace(model.limits, max_concurrent_batches=workers)
 

@@ -105,6 +105,11 @@ def check_name(name: str) -> str:
     return name
 
 
+def not_ready(model: LoadedModel) -> ModelNotReadyError:
+    """The 503 for a version that cannot serve, with its reason."""
+    return ModelNotReadyError(f"{model.label} is not ready: {model.reason or model.state.value.lower()}")
+
+
 def _allow(method: str, target: Target) -> Target:
     wanted = "POST" if target.kind in _VERBS else "GET"
     if method != wanted and not (wanted == "GET" and method == "HEAD"):
@@ -172,7 +177,7 @@ def metadata(request: Request, target: Target) -> Response:
     reg = registry(request)
     model = reg.get(target.name, resolve_version(reg, target))
     if model.runtime is None:
-        raise ModelNotReadyError(f"{model.label} is not ready: {model.reason or model.state.value.lower()}")
+        raise not_ready(model)
     signatures = signature_def(model.runtime.signature_name, model.inputs, model.outputs)
     body = {
         "model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
@@ -191,7 +196,7 @@ async def predict(request: Request, target: Target) -> Response:
     model = reg.get(target.name, version)
     call.bind(model)
     if model.runtime is None:
-        raise ModelNotReadyError(f"{model.label} is not ready: {model.reason or model.state.value.lower()}")
+        raise not_ready(model)
     body = await read_body(request, settings(request).max_body_bytes)
     metrics = request.app.state.metrics
     metrics.request_body_bytes.labels("tfserving").observe(len(body))

@@ -16,9 +16,9 @@ from service.api.http import (
     settings,
     until_done_or_disconnect,
 )
-from service.api.tfserving import VERSION_HEADER, check_name
+from service.api.tfserving import VERSION_HEADER, check_name, not_ready
 from service.codec_torchserve import decode_body, encode_outputs
-from service.errors import ModelNotFoundError, ModelNotReadyError
+from service.errors import ModelNotFoundError
 from service.registry import LoadedModel, Registry
 
 router = APIRouter()
@@ -44,7 +44,7 @@ async def predictions(request: Request, name: str, version: str | None = None) -
     model = lookup(reg, name, wanted)
     call.bind(model)
     if model.runtime is None:
-        raise ModelNotReadyError(f"{model.label} is not ready: {model.reason or model.state.value.lower()}")
+        raise not_ready(model)
     body = await read_body(request, settings(request).max_body_bytes)
     metrics = request.app.state.metrics
     metrics.request_body_bytes.labels("torchserve").observe(len(body))
