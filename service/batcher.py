@@ -104,7 +104,7 @@ class DynamicBatcher:
         self._preferred = frozenset(preferred_batch_sizes)
         self._executor = executor
         self._observer = observer
-        self._who = f"model {name!r}" if name else "model"
+        self._who = name or "model"  # callers pass a full label, e.g. "model 'm' version 1"
         self._queue: deque[_Item] = deque()  # abandoned items stay until popped or compacted
         self._forming: list[_Item] = []  # the batch being filled, still counted as queued
         self._running: dict[int, list[_Item]] = {}
