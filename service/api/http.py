@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 import zlib
 from collections.abc import Awaitable
@@ -12,7 +13,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fastapi import Request
 from fastapi.responses import Response
 
-from service.errors import BadRequestError, PayloadTooLargeError, ServiceError, UnsupportedMediaTypeError
+from service.errors import (
+    BadRequestError,
+    ForbiddenError,
+    ModelNotReadyError,
+    PayloadTooLargeError,
+    ServiceError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+)
+from service.repository import MODEL_NAME
 
 if TYPE_CHECKING:
     from service.metrics import Metrics
@@ -23,6 +33,7 @@ T = TypeVar("T")
 JSON = "application/json"
 TIMEOUT_HEADER = "x-request-timeout-ms"
 CALL_KEY = "tandem.call"
+VERSION_HEADER = "X-Model-Version"  # which version answered, on TF Serving and TorchServe responses
 
 
 @dataclass(slots=True)
@@ -168,3 +179,28 @@ def json_response(content: Any, status_code: int = 200, headers: dict[str, str] 
     from service.codec import dumps
 
     return Response(dumps(content), status_code=status_code, headers=headers, media_type=JSON)
+
+
+def check_name(name: str) -> str:
+    """A model name from any dialect's path; 400 before any lookup when it is not a valid name."""
+    if not MODEL_NAME.fullmatch(name):
+        raise BadRequestError("model name must match [A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+    return name
+
+
+def not_ready(model: LoadedModel) -> ModelNotReadyError:
+    """The 503 for a version that cannot serve, with its reason."""
+    return ModelNotReadyError(f"{model.label} is not ready: {model.reason or model.state.value.lower()}")
+
+
+def require_control(request: Request) -> None:
+    """403 while model control is off; with an admin token, 401 unless `Authorization: Bearer <token>` matches."""
+    config = settings(request)
+    if not config.enable_model_control:
+        raise ForbiddenError("model control is disabled; start the server with --enable-model-control")
+    if config.admin_token is None:  # only possible on a loopback host (Settings refuses it elsewhere)
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = config.admin_token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise UnauthorizedError()

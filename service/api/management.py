@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
-import hmac
 import logging
 from typing import Any
 
@@ -13,17 +12,22 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service import repository
-from service.api.http import json_response, parse_version, registry, settings
-from service.api.tfserving import check_name, not_ready
+from service.api.http import (
+    check_name,
+    json_response,
+    not_ready,
+    parse_version,
+    registry,
+    require_control,
+    settings,
+)
 from service.api.torchserve import lookup
 from service.errors import (
     BadRequestError,
     ConflictError,
-    ForbiddenError,
     ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
-    UnauthorizedError,
 )
 from service.registry import LoadedModel, Registry
 
@@ -49,19 +53,6 @@ def control_state(request: Request) -> ControlState:
     if state is None:
         state = request.app.state.control = ControlState()
     return state
-
-
-def require_control(request: Request) -> None:
-    """403 while model control is off; with an admin token, 401 unless `Authorization: Bearer <token>` matches."""
-    config = settings(request)
-    if not config.enable_model_control:
-        raise ForbiddenError("model control is disabled; start the server with --enable-model-control")
-    if config.admin_token is None:  # only possible on a loopback host (Settings refuses it elsewhere)
-        return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    expected = config.admin_token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-        raise UnauthorizedError()
 
 
 # ----- read-only ------------------------------------------------------------------------------------

@@ -16,10 +16,13 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from service.api.http import (
     JSON,
+    VERSION_HEADER,
     begin,
+    check_name,
     deadline,
     finish,
     json_response,
+    not_ready,
     parse_version,
     read_body,
     registry,
@@ -35,9 +38,8 @@ from service.errors import (
     VersionNotFoundError,
 )
 from service.registry import LoadedModel, ModelState, Registry
-from service.repository import LABEL, MODEL_NAME
+from service.repository import LABEL
 
-VERSION_HEADER = "X-Model-Version"
 _GRAMMAR = re.compile(
     r"(?i:models)(?:/(?P<name>[^/:]+)"
     r"(?:/(?i:versions)/(?P<version>[^/:]+)|/(?i:labels)/(?P<label>[^/:]+))?"
@@ -96,18 +98,6 @@ def parse_path(method: str, path: str) -> Target:
         raise BadRequestError("label must match [A-Za-z0-9_]+")
     kind = verb or ("metadata" if match["metadata"] else "status")
     return _allow(method, Target(kind, name, parse_version(version, name), label))
-
-
-def check_name(name: str) -> str:
-    """A model name from any dialect's path; 400 before any lookup when it is not a valid name."""
-    if not MODEL_NAME.fullmatch(name):
-        raise BadRequestError("model name must match [A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-    return name
-
-
-def not_ready(model: LoadedModel) -> ModelNotReadyError:
-    """The 503 for a version that cannot serve, with its reason."""
-    return ModelNotReadyError(f"{model.label} is not ready: {model.reason or model.state.value.lower()}")
 
 
 def _allow(method: str, target: Target) -> Target:

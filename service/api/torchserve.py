@@ -7,16 +7,18 @@ from fastapi.responses import Response
 
 from service.api.http import (
     JSON,
+    VERSION_HEADER,
     begin,
+    check_name,
     deadline,
     finish,
+    not_ready,
     parse_version,
     read_body,
     registry,
     settings,
     until_done_or_disconnect,
 )
-from service.api.tfserving import VERSION_HEADER, check_name, not_ready
 from service.codec_torchserve import decode_body, encode_outputs
 from service.errors import ModelNotFoundError
 from service.registry import LoadedModel, Registry

@@ -10,18 +10,18 @@ from fastapi.responses import Response
 from service.api.http import (
     JSON,
     begin,
+    check_name,
     deadline,
     finish,
     json_response,
+    not_ready,
     parse_version,
     read_body,
     registry,
     settings,
     until_done_or_disconnect,
 )
-from service.api.tfserving import check_name
 from service.codec_v2 import check_requested_outputs, decode_request, encode_response, select_outputs
-from service.errors import ModelNotReadyError
 from service.registry import LoadedModel
 
 router = APIRouter()
@@ -41,7 +41,7 @@ async def model_metadata(request: Request, name: str, version: str | None = None
     """Name, loaded versions, platform and the input/output signature."""
     model = _lookup(request, name, version, ready_only=False)
     if model.runtime is None:
-        raise ModelNotReadyError(f"{model.label} is not ready: {model.reason or model.state.value.lower()}")
+        raise not_ready(model)
     versions = [str(v) for v, m in sorted(registry(request).versions(name).items()) if m.ready]
     return json_response(
         {
@@ -61,7 +61,7 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
     """200 when the version takes requests, 503 (with the reason) otherwise."""
     model = _lookup(request, name, version, ready_only=False)
     if not model.ready:
-        raise ModelNotReadyError(f"{model.label} is not ready: {model.reason or model.state.value.lower()}")
+        raise not_ready(model)
     return json_response({"name": model.name, "ready": True})
 
 

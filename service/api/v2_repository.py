@@ -9,9 +9,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service import repository
-from service.api.http import json_response, parse_version, read_body, registry, settings
-from service.api.management import control_state, load_and_scale, require_control
-from service.api.tfserving import check_name
+from service.api.http import (
+    check_name,
+    json_response,
+    parse_version,
+    read_body,
+    registry,
+    require_control,
+    settings,
+)
+from service.api.management import control_state, load_and_scale
 from service.codec import parse_json
 from service.errors import BadRequestError, ModelNotFoundError
 from service.registry import LoadedModel, Registry
