@@ -46,6 +46,8 @@ def test_readme_links_resolve() -> None:
 def test_readme_quick_start_has_the_two_commands() -> None:
     text = (ROOT / "README.md").read_text()
     quick_start = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    assert "make serve" in quick_start and "make test" in quick_start
+    assert "make serve" in quick_start
+    assert "make test" in quick_start
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^serve:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+    assert re.search(r"^serve:", makefile, re.M)
+    assert re.search(r"^test:", makefile, re.M)
