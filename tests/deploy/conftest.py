@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.server import ROOT, start_server, stop_server
+
+__all__ = ["MODEL", "ROOT", "Server", "nvidia_gpu_present", "write_tiny_model"]
+
 MODEL = "tiny"
 SERVER_START_TIMEOUT_S = 90.0
 
@@ -24,13 +22,6 @@ SERVER_START_TIMEOUT_S = 90.0
 def root() -> Path:
     """The repository root."""
     return ROOT
-
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_tiny_model(models: Path) -> None:
@@ -86,10 +77,6 @@ def _require_server_code() -> None:
         pytest.skip(f"the server is not importable yet (service.app / service.cli: {exc}); live checks skipped")
 
 
-def _log_tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Start `python -m service serve` on a free loopback port; stop it (SIGTERM, then SIGKILL) afterwards."""
@@ -97,32 +84,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("server")
     models = base / "models"
     write_tiny_model(models)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TANDEM_")}
-    log = base / "server.log"
-    command = [sys.executable, "-m", "service", "serve", "--models", str(models), "--port", str(port)]
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    running = start_server(models, base / "server.log", timeout_s=SERVER_START_TIMEOUT_S, wait_path="/v2/health/ready")
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        with httpx.Client(timeout=2.0) as client:
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"server exited with {proc.returncode} before ready:\n{_log_tail(log)}")
-                if time.monotonic() > deadline:
-                    pytest.fail(f"server not ready after {SERVER_START_TIMEOUT_S:.0f} s:\n{_log_tail(log)}")
-                try:
-                    if client.get(f"{url}/v2/health/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.25)
-        yield Server(url=url, model=MODEL)
+        yield Server(url=running.url, model=MODEL)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_server(running)

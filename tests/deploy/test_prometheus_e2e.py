@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import math
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.deploy.conftest import Server, free_port
+from tests.deploy.conftest import Server
 from tests.deploy.metric_names import DOC_QUERIES
 from tests.deploy.test_grafana import dashboard, queries
+from tests.server import free_port, spawn, stop_process, wait_ready
 
 PROMETHEUS = shutil.which("prometheus")
 P99 = "histogram_quantile(0.99, sum by (le) (rate(tandem_request_duration_seconds_bucket[30s])))"
@@ -28,20 +27,6 @@ pytestmark = [
         reason="prometheus binary not installed (Debian: apt-get install -y --no-install-recommends prometheus)",
     ),
 ]
-
-
-def wait_ready(client: httpx.Client, url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"prometheus exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            if client.get(f"{url}/-/ready").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"prometheus not ready after 60 s:\n{log.read_text(errors='replace')[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -66,20 +51,13 @@ def prometheus(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
         f"--web.listen-address=127.0.0.1:{port}",
         "--log.level=warn",
     ]
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(command, cwd=base, stdout=sink, stderr=subprocess.STDOUT)
+    proc = spawn(command, log, cwd=base)
     url = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(timeout=5.0) as client:
-            wait_ready(client, url, proc, log)
+        wait_ready(proc, f"{url}/-/ready", log, "prometheus", timeout_s=60)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
 
 
 def query(client: httpx.Client, url: str, promql: str) -> dict[str, Any]:

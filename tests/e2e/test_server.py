@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,33 +15,12 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.server import ServerProcess as Server
+from tests.server import start_server, stop_server
 from tests.service.conftest import onnx_doubler
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 DRAIN_S = 10
-
-
-@dataclass
-class Server:
-    """A running server process and where it listens."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_repository(root: Path, **config: Any) -> Path:
@@ -57,37 +31,14 @@ def make_repository(root: Path, **config: Any) -> Path:
 
 
 def start(repo: Path, log: Path) -> Server:
-    """Start the server and wait (bounded) until it is ready."""
-    port = free_port()
-    command = [sys.executable, "-m", "service", "serve", "--models", str(repo), "--port", str(port)]
-    command += ["--host", "127.0.0.1", "--device", "cpu", "--drain-timeout-s", str(DRAIN_S)]
-    env = {key: value for key, value in os.environ.items() if not key.upper().startswith("TANDEM_")}
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    server = Server(process, port, log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{server.output()}")
-        try:
-            if httpx.get(f"{server.url}/v2/health/ready", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    stop(server)
-    raise AssertionError(f"server not ready within 60 s:\n{server.output()}")
+    """Start the server on the CPU with a short drain and wait (bounded) until it is ready."""
+    flags = ("--device", "cpu", "--drain-timeout-s", str(DRAIN_S))
+    return start_server(repo, log, *flags, wait_path="/v2/health/ready")
 
 
 def stop(server: Server) -> None:
     """Terminate, then kill if it does not leave in time."""
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=DRAIN_S + 5)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+    stop_server(server, timeout_s=DRAIN_S + 5)
 
 
 @pytest.fixture(scope="module")

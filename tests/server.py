@@ -1,0 +1,106 @@
+"""Real processes for the live tests: `python -m service serve` (or any other command) on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LOG_TAIL_CHARS = 4000
+
+
+@dataclass
+class ServerProcess:
+    """A running `tandem serve` process, the repository it serves and where it listens and logs."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    repo: Path
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        """The end of the server's log, for assertion messages."""
+        return log_tail(self.log)
+
+    def client(self, headers: dict[str, str] | None = None) -> httpx.Client:
+        """An httpx client bound to this server."""
+        return httpx.Client(base_url=self.url, timeout=30, headers=headers)
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def log_tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-LOG_TAIL_CHARS:] if log.exists() else "(no log)"
+
+
+def spawn(command: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start `command` with stdout and stderr going to `log`."""
+    with log.open("wb") as sink:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT)
+
+
+def wait_ready(process: subprocess.Popen[bytes], url: str, log: Path, name: str, timeout_s: float) -> None:
+    """Poll `url` until it answers 200; fail with the log's tail if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"{name} exited with {process.returncode}:\n{log_tail(log)}")
+            try:
+                if client.get(url).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+    pytest.fail(f"{name} not ready after {timeout_s:.0f} s:\n{log_tail(log)}")
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
+    """SIGTERM, then SIGKILL if it does not leave within `timeout_s`; the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    return process.returncode
+
+
+def start_server(
+    repo: Path, log: Path, *flags: str, timeout_s: float = 60, wait_path: str = "/v2/health/live"
+) -> ServerProcess:
+    """Start `python -m service serve --models repo` on a free loopback port and wait until `wait_path` answers."""
+    port = free_port()
+    command = [sys.executable, "-m", "service", "serve", "--models", str(repo), "--port", str(port)]
+    command += ["--host", "127.0.0.1", *flags]
+    env = {key: value for key, value in os.environ.items() if not key.upper().startswith("TANDEM_")}
+    server = ServerProcess(spawn(command, log, ROOT, env), port, repo, log)
+    try:
+        wait_ready(server.process, f"{server.url}{wait_path}", log, "server", timeout_s)
+    except BaseException:
+        stop_server(server)
+        raise
+    return server
+
+
+def stop_server(server: ServerProcess, timeout_s: float = 30) -> int:
+    """Stop the server (SIGTERM, then SIGKILL); its exit code."""
+    return stop_process(server.process, timeout_s)
