@@ -32,10 +32,15 @@ from service.errors import (
 
 Arrays = dict[str, npt.NDArray[Any]]
 RunBatch = Callable[[Arrays], Arrays]
+Executed = tuple[list[Arrays], float]  # per-request outputs, and the runtime call's own duration
 ShapeKey = tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...]
 
 logger = logging.getLogger(__name__)
-_EWMA_WEIGHT = 0.2  # weight of the newest batch in the mean batch time behind Retry-After
+_EWMA_WEIGHT = 0.2
+# Batches whose mean runtime call is below this run on the event loop: the hop to a worker thread and back costs
+# more than such a model. The first batch always goes to the executor, and a model that slows down (bigger batches,
+# a busy GPU) moves back to it as the mean rises.
+INLINE_BATCH_S = 0.0002  # weight of the newest batch in the mean batch time behind Retry-After
 _by_name = operator.itemgetter(0)
 
 
@@ -90,12 +95,14 @@ class DynamicBatcher:
         executor: concurrent.futures.Executor | None = None,
         observer: BatchObserver | None = None,
         name: str = "",
+        inline_below_s: float = INLINE_BATCH_S,
     ) -> None:
         if max_batch_delay_ms < 0 or max_queue_size < 1 or max_concurrent_batches < 0:
             raise ValueError("need max_batch_delay_ms >= 0, max_queue_size >= 1, max_concurrent_batches >= 0")
         if max_batch_size > 1 and any(not 1 <= size <= max_batch_size for size in preferred_batch_sizes):
             raise ValueError(f"preferred_batch_sizes must lie in 1..{max_batch_size}")
         self._run_batch = run_batch
+        self._inline_below_s = inline_below_s
         self._max_rows = max_batch_size
         self._batching = max_batch_size > 1
         self._delay_s = max_batch_delay_ms / 1000
@@ -364,36 +371,48 @@ class DynamicBatcher:
             self._observer.inflight(self._inflight)
         loop = asyncio.get_running_loop()
         args = ([item.inputs for item in batch], [item.rows for item in batch], rows)
+        on_done = functools.partial(self._on_done, self._batch_seq, rows, now)
+        if 0 < self._mean_batch_s <= self._inline_below_s:
+            # A batch this short costs less than the hop to a worker thread and back: run it on the loop.
+            done: asyncio.Future[Executed] = loop.create_future()
+            try:
+                done.set_result(self._execute(*args))
+            except Exception as exc:
+                done.set_exception(exc)
+            on_done(done)
+            return
         try:
             done = loop.run_in_executor(self._executor, self._execute, *args)
         except RuntimeError as exc:  # the executor was shut down under us
             done = loop.create_future()
             done.set_exception(exc)
-        done.add_done_callback(functools.partial(self._on_done, self._batch_seq, rows, now))
+        done.add_done_callback(on_done)
 
-    def _execute(self, inputs: list[Arrays], counts: list[int], rows: int) -> list[Arrays]:
-        """Runs in the executor: merge when needed, call the runtime once, split the outputs into views."""
+    def _execute(self, inputs: list[Arrays], counts: list[int], rows: int) -> tuple[list[Arrays], float]:
+        """Merge when needed, call the runtime once (timed alone), split the outputs into views."""
         merged = inputs[0] if len(inputs) == 1 else {n: np.concatenate([i[n] for i in inputs]) for n in inputs[0]}
+        started = time.perf_counter()
         outputs = self._run_batch(merged)
+        compute_s = time.perf_counter() - started
         if not self._batching:
-            return [outputs]
+            return [outputs], compute_s
         for name, out in outputs.items():
             if out.ndim == 0 or out.shape[0] != rows:
                 raise InternalError(f"{self._who}: output {name!r} has shape {list(out.shape)} for {rows} rows")
         if len(inputs) == 1:
-            return [outputs]
+            return [outputs], compute_s
         bounds = itertools.pairwise(itertools.accumulate(counts, initial=0))
-        return [{name: out[start:stop] for name, out in outputs.items()} for start, stop in bounds]
+        return [{name: out[start:stop] for name, out in outputs.items()} for start, stop in bounds], compute_s
 
-    def _on_done(self, seq: int, rows: int, started: float, done: asyncio.Future[list[Arrays]]) -> None:
-        compute_s = time.monotonic() - started
+    def _on_done(self, seq: int, rows: int, started: float, done: asyncio.Future[Executed]) -> None:
         batch = self._running.pop(seq)
         self._inflight -= 1
+        error = self._batch_error(done, rows)
+        results, compute_s = done.result() if error is None else ([], time.monotonic() - started)
         mean = self._mean_batch_s
         self._mean_batch_s = compute_s if mean == 0 else mean + _EWMA_WEIGHT * (compute_s - mean)
-        error = self._batch_error(done, rows)
         if error is None:
-            for item, outputs in zip(batch, done.result(), strict=True):
+            for item, outputs in zip(batch, results, strict=True):
                 if not item.future.done():  # done: the caller left, or its deadline passed while this ran
                     item.future.set_result(outputs)
         else:
@@ -405,7 +424,7 @@ class DynamicBatcher:
             self._observer.inflight(self._inflight)
         self._poke()
 
-    def _batch_error(self, done: asyncio.Future[list[Arrays]], rows: int) -> ServiceError | None:
+    def _batch_error(self, done: asyncio.Future[Executed], rows: int) -> ServiceError | None:
         if done.cancelled():
             return InternalError(f"{self._who}: batch was cancelled")
         exc = done.exception()

@@ -17,15 +17,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server import ServerProcess as Server
 from tests.server import start_server, stop_server
-from tests.service.conftest import onnx_doubler
+from tests.service.conftest import onnx_doubler, onnx_slow_doubler
 
 pytestmark = pytest.mark.slow
 DRAIN_S = 10
 
 
-def make_repository(root: Path, **config: Any) -> Path:
-    """One model, `double` (y = 2x, x FP32 [-1, 4]), with the given model.json."""
-    onnx_doubler(root / "double" / "1" / "model.onnx")
+def make_repository(root: Path, *, slow: bool = False, **config: Any) -> Path:
+    """One model, `double` (y = 2x, x FP32 [-1, 4]; ~10 ms a call if slow), with the given model.json."""
+    (onnx_slow_doubler if slow else onnx_doubler)(root / "double" / "1" / "model.onnx")
     (root / "double" / "model.json").write_text(json.dumps(config))
     return root
 
@@ -44,7 +44,7 @@ def stop(server: Server) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("e2e")
-    repo = make_repository(root / "models", max_batch_size=64, max_batch_delay_ms=20)
+    repo = make_repository(root / "models", slow=True, max_batch_size=64, max_batch_delay_ms=20)
     running = start(repo, root / "server.log")
     try:
         yield running
@@ -150,8 +150,8 @@ def test_64_concurrent_requests_all_succeed_and_form_batches(server: Server) -> 
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> None:
-    # A long batch delay keeps requests waiting in the queue while the signal arrives.
-    repo = make_repository(tmp_path / "models", max_batch_size=64, max_batch_delay_ms=1500)
+    # A model slow enough to run off the event loop, and a long batch delay, keep requests queued at the signal.
+    repo = make_repository(tmp_path / "models", slow=True, max_batch_size=64, max_batch_delay_ms=1500)
     server = start(repo, tmp_path / "server.log")
     try:
 

@@ -41,6 +41,35 @@ def onnx_doubler(path: Path, width: int = 4) -> Path:
     return save_onnx(graph, path)
 
 
+def onnx_slow_doubler(path: Path, width: int = 4, work: int = 768) -> Path:
+    """y = 2 * x plus a fixed few milliseconds of input-dependent matrix work per call, so batches queue up."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+        helper.make_node("Expand", ["total", "square"], ["big"]),
+        helper.make_node("MatMul", ["big", "weights"], ["product"]),
+        helper.make_node("ReduceSum", ["product"], ["noise"], keepdims=0),
+        helper.make_node("Mul", ["noise", "zero"], ["nothing"]),
+        helper.make_node("Mul", ["x", "two"], ["doubled"]),
+        helper.make_node("Add", ["doubled", "nothing"], ["y"]),
+    ]
+    initializers = [
+        helper.make_tensor("square", TensorProto.INT64, [2], [work, work]),
+        helper.make_tensor("weights", TensorProto.FLOAT, [work, work], [0.0] * (work * work)),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow_doubler",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        initializer=initializers,
+    )
+    return save_onnx(graph, path)
+
+
 def onnx_identity(path: Path, elem_types: Mapping[str, int], dims: list[int | str]) -> Path:
     """ONNX model passing each input `name` through to output `name_out`, one per element type."""
     from onnx import helper

@@ -574,3 +574,46 @@ def test_invalid_limits_are_refused(options: dict[str, Any]) -> None:
     settings: dict[str, Any] = {"max_batch_size": 8, "max_batch_delay_ms": 0, "max_queue_size": 4, **options}
     with pytest.raises(ValueError, match=r"max_queue_size|preferred"):
         DynamicBatcher(double, **settings)
+
+
+def thread_recording(delays_s: Sequence[float]) -> tuple[list[int], Callable[[Arrays], Arrays]]:
+    """A runtime that records which thread ran each call and sleeps delays_s[i] on call i."""
+    threads: list[int] = []
+
+    def run(inputs: Arrays) -> Arrays:
+        delay = delays_s[len(threads)] if len(threads) < len(delays_s) else 0.0
+        threads.append(threading.get_ident())
+        time.sleep(delay)
+        return double(inputs)
+
+    return threads, run
+
+
+@pytest.mark.anyio
+async def test_fast_batches_run_on_the_event_loop_after_the_first() -> None:
+    threads, run = thread_recording([0.0] * 4)
+    async with serving(FakeRuntime(run), inline_below_s=0.05) as batcher:
+        for value in range(4):
+            assert (await batcher.submit(req(value)))["y"][0, 0] == 2 * value
+    loop_thread = threading.get_ident()
+    assert threads[0] != loop_thread  # nothing measured yet: the first batch goes to the executor
+    assert threads[1:] == [loop_thread] * 3
+
+
+@pytest.mark.anyio
+async def test_slow_batches_always_run_in_the_executor() -> None:
+    threads, run = thread_recording([0.02] * 4)
+    async with serving(FakeRuntime(run), inline_below_s=0.005) as batcher:
+        for value in range(4):
+            await batcher.submit(req(value))
+    assert threading.get_ident() not in threads
+
+
+@pytest.mark.anyio
+async def test_a_model_that_slows_down_moves_back_to_the_executor() -> None:
+    threads, run = thread_recording([0.0, 0.0, 0.5, 0.0, 0.0])
+    async with serving(FakeRuntime(run), inline_below_s=0.05) as batcher:
+        for value in range(5):
+            await batcher.submit(req(value))
+    loop_thread = threading.get_ident()
+    assert [t == loop_thread for t in threads] == [False, True, True, False, False]
