@@ -30,7 +30,7 @@ def prepare_tensorflow() -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from service.runtimes import savedmodel
 
-    savedmodel._configure_tensorflow(RuntimeOptions(device="cpu"))
+    savedmodel.configure_tensorflow(RuntimeOptions(device="cpu"))
 
 
 def load_keras_model(reference: str) -> Any:

@@ -18,7 +18,7 @@ _configured = threading.Lock()
 _done = False
 
 
-def _configure_tensorflow(options: RuntimeOptions) -> Any:
+def configure_tensorflow(options: RuntimeOptions) -> Any:
     """Import TensorFlow once, with memory growth and thread counts set before it initialises."""
     global _done
     # Filters TensorFlow's C++ INFO/WARNING logs (TF 2.21 prints its first few import-time lines regardless).
@@ -75,7 +75,7 @@ class SavedModelRuntime:
     format = "savedmodel"
 
     def __init__(self, artifact: Path, options: RuntimeOptions) -> None:
-        tf = _configure_tensorflow(options)
+        tf = configure_tensorflow(options)
         self._tf = tf
         gpus = tf.config.list_logical_devices("GPU")
         want_gpu = options.device != "cpu"
