@@ -86,7 +86,7 @@ async def _client(host: str, port: int, request: bytes, stop_at: float, result: 
 
 
 async def run(
-    host: str, port: int, path: str, body: bytes, concurrency: int, seconds: float, warmup_s: float = 1.0
+    host: str, port: int, path: str, body: bytes, concurrency: int, seconds: float, warmup_s: float = 2.0
 ) -> Result:
     """Drive `concurrency` connections for warmup_s + seconds; only the measured window counts."""
     request = build_request(host, port, path, body)
