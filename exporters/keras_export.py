@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import re
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from exporters import ExportError
+from exporters import ExportError, quiet_converter
 from exporters.spec import IDENTIFIER, InputSpec, load_callable, parse_datatype, parse_dims
 from service.runtimes import ARTIFACT_NAMES, RuntimeOptions
 
@@ -119,7 +116,7 @@ class KerasSource:
         path = directory / ARTIFACT_NAMES[self.fmt]
         signature = [tf.TensorSpec(spec_shape(spec), tf.as_dtype(spec.dtype), name=spec.name) for spec in self.inputs]
         try:
-            with _quiet():
+            with quiet_converter("tf2onnx"):
                 if self.fmt == "savedmodel":
                     self._export_savedmodel(path, signature)
                 else:
@@ -156,21 +153,6 @@ def _explain(exporter: str, exc: BaseException) -> ExportError:
     if match := _UNSUPPORTED.search(text):
         return ExportError(f"{exporter} cannot convert op '{match.group(1)}'; rewrite that part of the model")
     return ExportError(f"{exporter} failed: {type(exc).__name__}: {_first_line(exc)}")
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Hide converter chatter (tf2onnx logs every pass at INFO) and third-party deprecations."""
-    logger = logging.getLogger("tf2onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import logging
 import pickle
 import re
 import sys
@@ -16,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from exporters import ExportError
+from exporters import ExportError, quiet_converter
 from exporters.spec import BATCH, IDENTIFIER, SHARED_DIM_HINT, InputSpec, load_callable, random_inputs, trace_sizes
 from service.runtimes import ARTIFACT_NAMES
 
@@ -119,7 +117,7 @@ class TorchSource:
     def _export_dynamo(self, path: Path) -> None:
         dim = torch.export.Dim.DYNAMIC  # unlike AUTO, DYNAMIC fails loudly when tracing fixes a dim
         dynamic = tuple({i: dim for i, d in enumerate(spec.dims) if isinstance(d, str)} for spec in self.inputs)
-        with _quiet():
+        with quiet_converter("torch.onnx"):
             program = torch.onnx.export(
                 self.model,
                 self._example,
@@ -137,7 +135,7 @@ class TorchSource:
     def _export_legacy(self, path: Path) -> None:
         axes = {spec.name: {i: d for i, d in enumerate(spec.dims) if isinstance(d, str)} for spec in self.inputs}
         axes.update({name: {0: BATCH} for name in self.output_names})
-        with _quiet(), warnings.catch_warnings(record=True) as caught:
+        with quiet_converter("torch.onnx"), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", _TRACER_WARNING)
             torch.onnx.export(
                 self.model,
@@ -195,21 +193,6 @@ def _flatten(result: Any) -> list[torch.Tensor]:
     if isinstance(values, Sequence) and values and all(isinstance(v, torch.Tensor) for v in values):
         return list(values)
     raise ExportError(f"the model returns {type(result).__name__}; return a tensor, a tuple or a dict of tensors")
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Hide the exporter's own deprecation chatter and registry logging; errors still surface."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
