@@ -188,6 +188,6 @@ def signature_def(signature: str, inputs: Sequence[TensorSpec], outputs: Sequenc
 def _tensor_info(spec: TensorSpec) -> dict[str, Any]:
     return {
         "dtype": DT_NAMES.get(spec.datatype, "DT_INVALID"),
-        "name": spec.name,
+        "name": spec.graph_name or spec.name,
         "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in spec.shape], "unknown_rank": False},
     }

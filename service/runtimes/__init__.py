@@ -22,6 +22,8 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    # The tensor's name in the graph where the format has one (SavedModel: "serving_default_x:0"); descriptive only.
+    graph_name: str = field(default="", compare=False)
 
     @property
     def dtype(self) -> np.dtype[np.generic]:

@@ -50,9 +50,26 @@ def _datatype(dtype: Any) -> str:
     return datatype_of(np.dtype(dtype.as_numpy_dtype))
 
 
-def _spec(name: str, spec: Any) -> TensorSpec:
+def _spec(name: str, spec: Any, graph_names: dict[str, str]) -> TensorSpec:
     dims = spec.shape.as_list() if spec.shape.rank is not None else []
-    return TensorSpec(name, _datatype(spec.dtype), tuple(-1 if d is None else int(d) for d in dims))
+    shape = tuple(-1 if d is None else int(d) for d in dims)
+    return TensorSpec(name, _datatype(spec.dtype), shape, graph_names.get(name, ""))
+
+
+def graph_tensor_names(artifact: Path, signature: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Graph tensor names of one signature's inputs and outputs from its SignatureDef (TF Serving shows these)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    try:
+        saved.ParseFromString((artifact / "saved_model.pb").read_bytes())
+    except (OSError, ValueError):
+        return {}, {}
+    for graph in saved.meta_graphs:
+        if signature in graph.signature_def:
+            sig = graph.signature_def[signature]
+            return {k: v.name for k, v in sig.inputs.items()}, {k: v.name for k, v in sig.outputs.items()}
+    return {}, {}
 
 
 def choose_signature(names: list[str], wanted: str | None) -> str:
@@ -93,9 +110,10 @@ class SavedModelRuntime:
         self.signature_name = choose_signature(list(self._model.signatures.keys()), options.signature_name)
         self._fn = self._model.signatures[self.signature_name]
         args = self._fn.structured_input_signature[1]
-        self.inputs = [_spec(name, args[name]) for name in sorted(args)]
+        in_names, out_names = graph_tensor_names(artifact, self.signature_name)
+        self.inputs = [_spec(name, args[name], in_names) for name in sorted(args)]
         outs = self._fn.structured_outputs
-        self.outputs = [_spec(name, outs[name]) for name in sorted(outs)]
+        self.outputs = [_spec(name, outs[name], out_names) for name in sorted(outs)]
         log.info("loaded %s on %s (signature %s)", artifact.parent.name, self.device, self.signature_name)
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

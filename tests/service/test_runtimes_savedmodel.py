@@ -73,6 +73,16 @@ def test_serving_default_is_chosen_and_its_signature_read(savedmodels: dict[str,
     runtime.close()
 
 
+def test_graph_tensor_names_come_from_the_signature_def(savedmodels: dict[str, Path]) -> None:
+    runtime = load_runtime("savedmodel", savedmodels["default"], CPU)
+    assert {s.name: s.graph_name for s in runtime.inputs} == {
+        "ids": "serving_default_ids:0",
+        "x": "serving_default_x:0",
+    }
+    assert all(s.graph_name.endswith(":0") or ":" in s.graph_name for s in runtime.outputs)
+    runtime.close()
+
+
 def test_predict_runs_the_signature(savedmodels: dict[str, Path]) -> None:
     runtime = load_runtime("savedmodel", savedmodels["default"], CPU)
     out = runtime.predict(
