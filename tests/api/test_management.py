@@ -8,10 +8,10 @@ import time
 import httpx
 import pytest
 
+from tests.api.bodies import error, ok
 from tests.api.conftest import AUTH, Server
 from tests.api.models import mlp
 
-JSON = "application/json"
 DESCRIBE_KEYS = {
     "modelName",
     "modelVersion",
@@ -27,22 +27,6 @@ DESCRIBE_KEYS = {
     "workers",
     "jobQueueStatus",
 }
-
-
-def ok(response: httpx.Response, status: int = 200) -> object:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == JSON
-    return response.json()
-
-
-def error(response: httpx.Response, status: int, kind: str) -> str:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == JSON
-    body = response.json()
-    assert body["code"] == status
-    assert body["type"] == kind
-    assert set(body) == {"code", "type", "message"}
-    return str(body["message"])
 
 
 def add_model(server: Server, name: str, versions: tuple[int, ...] = (1,)) -> None:

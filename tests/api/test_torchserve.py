@@ -9,25 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.api.bodies import JSON, error, ok
 from tests.api.conftest import Server
-
-JSON = "application/json"
-
-
-def ok(response: httpx.Response) -> object:
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"] == JSON
-    return response.json()
-
-
-def error(response: httpx.Response, status: int, kind: str) -> str:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == JSON
-    body = response.json()
-    assert set(body) == {"code", "type", "message"}
-    assert body["code"] == status
-    assert body["type"] == kind
-    return str(body["message"])
 
 
 def npy(array: np.ndarray) -> bytes:
