@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -123,20 +123,27 @@ def _kind_name(arr: np.ndarray) -> str:
     return {"f": "floats", "b": "booleans", "U": "strings", "O": "mixed values"}.get(arr.dtype.kind, arr.dtype.name)
 
 
-def _bytes_array(data: Any, what: str) -> np.ndarray:
+def object_array(data: Any, what: str, element: Callable[[Any], bytes]) -> np.ndarray:
+    """A rectangular (nested) JSON list as an object array, each element converted to bytes by `element`."""
     try:
         shaped = np.asarray(data, dtype=object)
     except ValueError:
         raise BadRequestError(f"{what}: data is not a rectangular array") from None
     out = np.empty(shaped.shape, dtype=object)
     for index, item in np.ndenumerate(shaped):
-        if isinstance(item, str):
-            out[index] = item.encode()
-        elif isinstance(item, bytes):
-            out[index] = item
-        else:
-            raise BadRequestError(f"{what}: BYTES elements must be strings, got {type(item).__name__}")
+        out[index] = element(item)
     return out
+
+
+def _bytes_array(data: Any, what: str) -> np.ndarray:
+    def element(item: Any) -> bytes:
+        if isinstance(item, str):
+            return item.encode()
+        if isinstance(item, bytes):
+            return item
+        raise BadRequestError(f"{what}: BYTES elements must be strings, got {type(item).__name__}")
+
+    return object_array(data, what, element)
 
 
 def reshape(arr: np.ndarray, shape: Sequence[int], what: str) -> np.ndarray:

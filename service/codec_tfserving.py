@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.codec import dumps, encode_bytes_element, parse_json, to_array
+from service.codec import dumps, encode_bytes_element, object_array, parse_json, to_array
 from service.errors import BadRequestError
 
 if TYPE_CHECKING:
@@ -114,14 +114,7 @@ def to_tensor(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
     where = f"{what}: input '{spec.name}'"
     if spec.datatype != "BYTES":
         return to_array(value, spec.datatype, where)
-    try:
-        shaped = np.asarray(value, dtype=object)
-    except ValueError:
-        raise BadRequestError(f"{where}: data is not a rectangular array") from None
-    out = np.empty(shaped.shape, dtype=object)
-    for index, item in np.ndenumerate(shaped):
-        out[index] = _string_element(item, where)
-    return out
+    return object_array(value, where, lambda item: _string_element(item, where))
 
 
 def _string_element(item: Any, where: str) -> bytes:

@@ -14,6 +14,15 @@ def ok(response: httpx.Response, status: int = 200) -> object:
     return response.json()
 
 
+def error_e1(response: httpx.Response, status: int) -> str:
+    """A V2 / TF Serving error (E1): the status and exactly {"error": msg}; returns the message."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == JSON
+    body = response.json()
+    assert set(body) == {"error"}
+    return str(body["error"])
+
+
 def error(response: httpx.Response, status: int, kind: str) -> str:
     """A TorchServe error (E2): the status, {"code", "type", "message"} and nothing else; returns the message."""
     assert response.status_code == status, response.text

@@ -9,21 +9,7 @@ import re
 import httpx
 import pytest
 
-JSON = "application/json"
-
-
-def ok(response: httpx.Response) -> object:
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"] == JSON
-    return response.json()
-
-
-def error(response: httpx.Response, status: int) -> str:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == JSON
-    body = response.json()
-    assert set(body) == {"error"}
-    return str(body["error"])
+from tests.api.bodies import error_e1, ok
 
 
 def available(version: str) -> dict[str, object]:
@@ -80,8 +66,8 @@ def test_status_of_a_failed_model_is_end_with_a_sanitised_reason(client: httpx.C
     ],
 )
 def test_unknown_model_version_or_label_is_404(client: httpx.Client, path: str, message: str) -> None:
-    assert error(client.get(path), 404) == message
-    assert error(client.post(f"{path}:predict", json={"instances": [[1, 2, 3, 4]]}), 404) == message
+    assert error_e1(client.get(path), 404) == message
+    assert error_e1(client.post(f"{path}:predict", json={"instances": [[1, 2, 3, 4]]}), 404) == message
 
 
 @pytest.mark.parametrize(
@@ -101,22 +87,22 @@ def test_unknown_model_version_or_label_is_404(client: httpx.Client, path: str, 
     ],
 )
 def test_malformed_paths_get_400(client: httpx.Client, path: str) -> None:
-    assert error(client.get(path), 400) == f"Malformed request: GET {path if path != '/v1' else '/v1/'}"
+    assert error_e1(client.get(path), 400) == f"Malformed request: GET {path if path != '/v1' else '/v1/'}"
 
 
 @pytest.mark.parametrize("path", ["/v1/models/mlp:frobnicate", "/v1/models:predict", "/v1/models/mlp:predict:predict"])
 def test_malformed_verbs_get_400(client: httpx.Client, path: str) -> None:
-    assert error(client.post(path, json={}), 400) == f"Malformed request: POST {path}"
+    assert error_e1(client.post(path, json={}), 400) == f"Malformed request: POST {path}"
 
 
 @pytest.mark.parametrize("path", ["/v1/models/-mlp", "/v1/models/.hidden", "/v1/models/a%00b:predict"])
 def test_invalid_model_names_get_400(client: httpx.Client, path: str) -> None:
     response = client.post(path, json={}) if path.endswith(":predict") else client.get(path)
-    assert error(response, 400) == "model name must match [A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+    assert error_e1(response, 400) == "model name must match [A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
 
 
 def test_invalid_label_gets_400(client: httpx.Client) -> None:
-    assert error(client.get("/v1/models/mlp/labels/st-able"), 400) == "label must match [A-Za-z0-9_]+"
+    assert error_e1(client.get("/v1/models/mlp/labels/st-able"), 400) == "label must match [A-Za-z0-9_]+"
 
 
 def test_fixed_words_are_case_insensitive(client: httpx.Client) -> None:
@@ -128,12 +114,12 @@ def test_fixed_words_are_case_insensitive(client: httpx.Client) -> None:
 
 def test_wrong_method_gets_405_with_allow(client: httpx.Client) -> None:
     response = client.get("/v1/models/mlp:predict")
-    assert error(response, 405) == "method GET not allowed here; use POST"
+    assert error_e1(response, 405) == "method GET not allowed here; use POST"
     assert response.headers["allow"] == "POST"
     response = client.post("/v1/models/mlp", json={})
-    assert error(response, 405) == "method POST not allowed here; use GET"
+    assert error_e1(response, 405) == "method POST not allowed here; use GET"
     assert response.headers["allow"] == "GET"
-    assert error(client.delete("/v1/models"), 405) == "method DELETE not allowed here; use GET"
+    assert error_e1(client.delete("/v1/models"), 405) == "method DELETE not allowed here; use GET"
 
 
 # ----- metadata ------------------------------------------------------------------------------------------
@@ -172,7 +158,7 @@ def test_metadata_of_a_multi_io_model_and_default_version(client: httpx.Client) 
 
 
 def test_metadata_of_a_failed_model_is_503(client: httpx.Client) -> None:
-    assert "has no ready version" in error(client.get("/v1/models/broken/metadata"), 503)
+    assert "has no ready version" in error_e1(client.get("/v1/models/broken/metadata"), 503)
 
 
 # ----- predict -----------------------------------------------------------------------------------------------
@@ -204,10 +190,10 @@ def test_predict_signature_name(client: httpx.Client) -> None:
     body = {"signature_name": "serving_default", "instances": [[1, 1, 1, 1]]}
     assert ok(client.post("/v1/models/mlp:predict", json=body)) == {"predictions": [[8.0, -8.0]]}
     body["signature_name"] = "classify_x"
-    message = error(client.post("/v1/models/mlp:predict", json=body), 400)
+    message = error_e1(client.post("/v1/models/mlp:predict", json=body), 400)
     assert message == "model 'mlp' version 2: unknown signature 'classify_x'; this model serves 'serving_default'"
     body["signature_name"] = 3
-    assert error(client.post("/v1/models/mlp:predict", json=body), 400) == "'signature_name' must be a string"
+    assert error_e1(client.post("/v1/models/mlp:predict", json=body), 400) == "'signature_name' must be a string"
 
 
 def test_predict_multi_io_row_format_gives_one_object_per_instance(client: httpx.Client) -> None:
@@ -237,7 +223,7 @@ def test_predict_strings_and_b64(client: httpx.Client) -> None:
 
 
 def test_row_format_needs_batch_major_outputs(client: httpx.Client) -> None:
-    message = error(client.post("/v1/models/fixed:predict", json={"instances": [1, 2, 3]}), 400)
+    message = error_e1(client.post("/v1/models/fixed:predict", json={"instances": [1, 2, 3]}), 400)
     assert "output 'y' has shape [1]" in message
     assert "columnar format ('inputs')" in message
     assert ok(client.post("/v1/models/fixed:predict", json={"inputs": [1, 2, 3]})) == {"outputs": [6.0]}
@@ -273,7 +259,7 @@ def test_non_finite_floats_come_back_as_null(client: httpx.Client) -> None:
     ],
 )
 def test_bad_predict_bodies_get_400(client: httpx.Client, model: str, body: object, expected: str) -> None:
-    assert expected in error(client.post(f"/v1/models/{model}:predict", json=body), 400)
+    assert expected in error_e1(client.post(f"/v1/models/{model}:predict", json=body), 400)
 
 
 @pytest.mark.parametrize(
@@ -281,28 +267,28 @@ def test_bad_predict_bodies_get_400(client: httpx.Client, model: str, body: obje
     [(b"", "request body is empty; expected JSON"), (b"{", "malformed JSON"), (b"\xff", "malformed JSON")],
 )
 def test_malformed_json_gets_400(client: httpx.Client, content: bytes, expected: str) -> None:
-    assert error(client.post("/v1/models/mlp:predict", content=content), 400).startswith(expected)
+    assert error_e1(client.post("/v1/models/mlp:predict", content=content), 400).startswith(expected)
 
 
 @pytest.mark.parametrize("verb", ["classify", "regress", "CLASSIFY"])
 def test_classify_and_regress_are_501(client: httpx.Client, verb: str) -> None:
     expected = f":{verb.lower()} is not supported; use :predict"
-    assert error(client.post(f"/v1/models/mlp:{verb}", json={"examples": []}), 501) == expected
+    assert error_e1(client.post(f"/v1/models/mlp:{verb}", json={"examples": []}), 501) == expected
 
 
 def test_predict_on_a_failed_model_is_503(client: httpx.Client) -> None:
     response = client.post("/v1/models/broken:predict", json={"instances": [[1, 2, 3, 4]]})
-    assert "has no ready version" in error(response, 503)
+    assert "has no ready version" in error_e1(response, 503)
     assert response.headers["retry-after"] == "1"
-    assert error(client.post("/v1/models/broken/versions/1:predict", json={"instances": [[1]]}), 503)
+    assert error_e1(client.post("/v1/models/broken/versions/1:predict", json={"instances": [[1]]}), 503)
 
 
 def test_body_limits_and_encodings(client: httpx.Client) -> None:
     big = b'{"instances": [' + b"[1, 2, 3, 4], " * 6000 + b"[1, 2, 3, 4]]}"
-    assert "exceeds max_body_bytes" in error(client.post("/v1/models/mlp:predict", content=big), 413)
+    assert "exceeds max_body_bytes" in error_e1(client.post("/v1/models/mlp:predict", content=big), 413)
     packed = gzip.compress(b'{"instances": [[1, 2, 3, 4]]}')
     response = client.post("/v1/models/mlp:predict", content=packed, headers={"content-encoding": "gzip"})
-    assert error(response, 415) == "Content-Encoding 'gzip' is not supported"
+    assert error_e1(response, 415) == "Content-Encoding 'gzip' is not supported"
 
 
 def test_predictions_are_counted_under_the_tfserving_dialect(client: httpx.Client) -> None:

@@ -7,10 +7,9 @@ import json
 import httpx
 import pytest
 
+from tests.api.bodies import JSON, error_e1
 from tests.api.conftest import AUTH, Server
 from tests.api.models import mlp
-
-JSON = "application/json"
 
 
 def ok(response: httpx.Response) -> object:
@@ -22,14 +21,6 @@ def ok(response: httpx.Response) -> object:
 def empty_ok(response: httpx.Response) -> None:
     assert response.status_code == 200, response.text
     assert response.content == b""
-
-
-def error(response: httpx.Response, status: int) -> str:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == JSON
-    body = response.json()
-    assert set(body) == {"error"}
-    return str(body["error"])
 
 
 def infer(http: httpx.Client, model: str, rows: list[list[float]], version: str = "1") -> httpx.Response:
@@ -81,12 +72,12 @@ def test_index_of_ready_models_only(client: httpx.Client) -> None:
     ],
 )
 def test_bad_index_bodies_are_400(client: httpx.Client, content: bytes, message: str) -> None:
-    assert error(client.post("/v2/repository/index", content=content), 400).startswith(message)
+    assert error_e1(client.post("/v2/repository/index", content=content), 400).startswith(message)
 
 
 def test_index_needs_post(client: httpx.Client) -> None:
     response = client.get("/v2/repository/index")
-    assert error(response, 405) == "method GET not allowed for /v2/repository/index"
+    assert error_e1(response, 405) == "method GET not allowed for /v2/repository/index"
     assert response.headers["allow"] == "POST"
 
 
@@ -152,7 +143,7 @@ def test_statistics_of_every_model_or_every_version(client: httpx.Client) -> Non
     ],
 )
 def test_statistics_errors(client: httpx.Client, path: str, status: int, message: str) -> None:
-    assert error(client.get(path), status) == message
+    assert error_e1(client.get(path), status) == message
 
 
 # ----- load and unload ----------------------------------------------------------------------------------
@@ -161,26 +152,26 @@ def test_statistics_errors(client: httpx.Client, path: str, status: int, message
 @pytest.mark.parametrize("action", ["load", "unload"])
 def test_load_and_unload_are_403_while_control_is_off(client: httpx.Client, action: str) -> None:
     response = client.post(f"/v2/repository/models/mlp/{action}", headers=AUTH)
-    assert "model control is disabled" in error(response, 403)
+    assert "model control is disabled" in error_e1(response, 403)
 
 
 @pytest.mark.parametrize("action", ["load", "unload"])
 def test_load_and_unload_need_the_token(control_server: Server, action: str) -> None:
     with control_server.client(headers={"Authorization": "Bearer nope"}) as http:
         response = http.post(f"/v2/repository/models/mlp/{action}")
-    assert error(response, 401) == "missing or invalid bearer token"
+    assert error_e1(response, 401) == "missing or invalid bearer token"
     assert response.headers["www-authenticate"] == "Bearer"
 
 
 def test_load_serves_a_new_model_and_unload_retires_it(control_server: Server, admin: httpx.Client) -> None:
     mlp(control_server.repo / "v2_new" / "4" / "model.onnx", 4)
-    error(infer(admin, "v2_new", [[1, 1, 1, 1]], "4"), 404)
+    error_e1(infer(admin, "v2_new", [[1, 1, 1, 1]], "4"), 404)
     empty_ok(admin.post("/v2/repository/models/v2_new/load"))
     assert infer(admin, "v2_new", [[1, 1, 1, 1]], "4").json()["outputs"][0]["data"] == [16.0, -16.0]
     entries = [e for e in ok(admin.post("/v2/repository/index")) if e["name"] == "v2_new"]
     assert entries == [{"name": "v2_new", "version": "4", "state": "READY"}]
     empty_ok(admin.post("/v2/repository/models/v2_new/unload", json={"parameters": {"unload_dependents": False}}))
-    assert error(infer(admin, "v2_new", [[1, 1, 1, 1]], "4"), 404) == "model 'v2_new' not found"
+    assert error_e1(infer(admin, "v2_new", [[1, 1, 1, 1]], "4"), 404) == "model 'v2_new' not found"
     entries = [e for e in ok(admin.post("/v2/repository/index")) if e["name"] == "v2_new"]
     assert entries == [{"name": "v2_new", "version": "", "state": "UNAVAILABLE", "reason": "unloaded"}]
     empty_ok(admin.post("/v2/repository/models/v2_new/unload"))
@@ -189,14 +180,16 @@ def test_load_serves_a_new_model_and_unload_retires_it(control_server: Server, a
 
 
 def test_load_failures(control_server: Server, admin: httpx.Client) -> None:
-    assert error(admin.post("/v2/repository/models/absent/load"), 404) == "model 'absent' not found in the repository"
+    assert (
+        error_e1(admin.post("/v2/repository/models/absent/load"), 404) == "model 'absent' not found in the repository"
+    )
     (control_server.repo / "v2_broken" / "1").mkdir(parents=True)
     (control_server.repo / "v2_broken" / "1" / "model.onnx").write_bytes(b"junk")
-    message = error(admin.post("/v2/repository/models/v2_broken/load"), 400)
+    message = error_e1(admin.post("/v2/repository/models/v2_broken/load"), 400)
     assert message.startswith("failed to load model 'v2_broken': load failed: not a loadable ONNX model")
     (control_server.repo / "v2_badjson").mkdir()
     (control_server.repo / "v2_badjson" / "model.json").write_text(json.dumps({"max_batch_size": -4}))
-    message = error(admin.post("/v2/repository/models/v2_badjson/load"), 400)
+    message = error_e1(admin.post("/v2/repository/models/v2_badjson/load"), 400)
     assert message.startswith("failed to load model 'v2_badjson': model.json: max_batch_size:")
     for name in ("v2_broken", "v2_badjson"):  # a failed model would leave the server not ready
         empty_ok(admin.post(f"/v2/repository/models/{name}/unload"))
@@ -220,14 +213,14 @@ def test_load_failures(control_server: Server, admin: httpx.Client) -> None:
     ],
 )
 def test_load_refuses_uploads_and_bad_bodies(admin: httpx.Client, body: object, message: str) -> None:
-    assert error(admin.post("/v2/repository/models/mlp/load", json=body), 400) == message
+    assert error_e1(admin.post("/v2/repository/models/mlp/load", json=body), 400) == message
 
 
 def test_unload_errors(admin: httpx.Client) -> None:
-    assert error(admin.post("/v2/repository/models/absent/unload"), 404) == "model 'absent' not found"
+    assert error_e1(admin.post("/v2/repository/models/absent/unload"), 404) == "model 'absent' not found"
     body = {"parameters": {"unload_dependents": "yes"}}
-    assert error(admin.post("/v2/repository/models/mlp/unload", json=body), 400).startswith("parameter 'unload")
-    assert error(admin.post("/v2/repository/models/-x/load"), 400).startswith("model name must match")
+    assert error_e1(admin.post("/v2/repository/models/mlp/unload", json=body), 400).startswith("parameter 'unload")
+    assert error_e1(admin.post("/v2/repository/models/-x/load"), 400).startswith("model name must match")
 
 
 # ----- tritonclient -----------------------------------------------------------------------------------------
