@@ -93,29 +93,19 @@ def test_main_refuses_an_unknown_command(capsys: pytest.CaptureFixture[str]) -> 
     assert "'launch'" in capsys.readouterr().err
 
 
+def run_serve(env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
+    """`python -m service serve FLAGS` as a real process, bounded in time."""
+    command = [sys.executable, "-m", "service", "serve", *flags]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
 def test_python_dash_m_service_refuses_bad_settings_before_serving(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TANDEM_")}
     env["TANDEM_BOGUS"] = "1"
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "serve", "--models", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_serve(env, "--models", str(tmp_path))
     assert result.returncode != 0
     assert "TANDEM_BOGUS" in result.stderr
     del env["TANDEM_BOGUS"]
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "serve", "--models", str(tmp_path), "--port", "0"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_serve(env, "--models", str(tmp_path), "--port", "0")
     assert result.returncode != 0
     assert "port" in result.stderr
