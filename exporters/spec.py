@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from exporters import ExportError
-from service.codec import DATATYPE_TO_NUMPY, datatype_of
+from service.tensors import DATATYPE_TO_NUMPY, datatype_of
 
 Arrays = dict[str, np.ndarray]
 BATCH = "batch"

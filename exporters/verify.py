@@ -12,8 +12,8 @@ import numpy as np
 
 from exporters import ExportError
 from exporters.spec import BATCH, SHARED_DIM_HINT, Arrays, InputSpec, Source, random_inputs
-from service.codec import datatype_of
 from service.runtimes import Runtime, TensorSpec
+from service.tensors import datatype_of
 
 TIMED_RUNS = 5
 _FIX_HINT = "avoid x.shape[0]-dependent Python (loops over rows, reshapes to traced sizes) so the dim stays dynamic"

@@ -49,7 +49,7 @@ def create_app(settings: Settings, loader: RuntimeLoader = load_runtime) -> Fron
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = Metrics(CollectorRegistry())
         registry = Registry(settings, metrics, loader)
-        app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
+        app.state.settings, app.state.metrics, app.state.engine = settings, metrics, registry
         await registry.load_all()
         # Objects made while loading (runtimes, TensorFlow graphs) live as long as the process: keep them out of
         # the collector's generations so full collections stay short under load (p99 latency).

@@ -1,52 +1,17 @@
-"""Wire tensors <-> numpy arrays: dtype map, JSON parsing, coercion, shape checks. Pure functions."""
+"""Wire tensors <-> numpy arrays for every dialect: JSON parsing, coercion, shapes, BYTES layouts. Pure functions."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import orjson
 
 from service.errors import BadRequestError, PayloadTooLargeError
-
-if TYPE_CHECKING:
-    from service.runtimes import TensorSpec
-
-DATATYPE_TO_NUMPY: dict[str, str] = {
-    "BOOL": "bool",
-    "UINT8": "uint8",
-    "UINT16": "uint16",
-    "UINT32": "uint32",
-    "UINT64": "uint64",
-    "INT8": "int8",
-    "INT16": "int16",
-    "INT32": "int32",
-    "INT64": "int64",
-    "FP16": "float16",
-    "FP32": "float32",
-    "FP64": "float64",
-    "BYTES": "object",
-}
-NUMPY_TO_DATATYPE: dict[str, str] = {v: k for k, v in DATATYPE_TO_NUMPY.items()}
-_NUMPY_DTYPES: dict[str, np.dtype[Any]] = {k: np.dtype(v) for k, v in DATATYPE_TO_NUMPY.items()}
-
-
-def numpy_dtype(datatype: str) -> np.dtype[Any]:
-    """Numpy dtype for a V2 datatype name; 400 for a name tandem does not know."""
-    try:
-        return _NUMPY_DTYPES[datatype]
-    except KeyError:
-        raise BadRequestError(f"unsupported datatype '{datatype}'") from None
-
-
-def datatype_of(dtype: np.dtype[Any]) -> str:
-    """V2 datatype name for a numpy dtype (str and bytes arrays count as BYTES)."""
-    if dtype.kind in "OSU":
-        return "BYTES"
-    return NUMPY_TO_DATATYPE[dtype.name]
+from service.tensors import numpy_dtype
 
 
 def parse_json(body: bytes) -> Any:
@@ -162,39 +127,6 @@ def check_shape(shape: Any, what: str, max_bytes: int, itemsize: int) -> list[in
     if math.prod(shape) * max(itemsize, 1) > max_bytes or math.prod(max(d, 1) for d in shape) >= 2**62:
         raise PayloadTooLargeError(f"{what}: shape {shape} exceeds the {max_bytes}-byte limit")
     return shape
-
-
-def check_inputs(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], model: str) -> int:
-    """Check names, dtypes, ranks and fixed dims against the model; return the batch rows (dim 0)."""
-    expected = {spec.name for spec in specs}
-    missing = [name for name in expected if name not in arrays]
-    if missing:
-        raise BadRequestError(f"{model}: missing input(s) {sorted(missing)}; expected {sorted(expected)}")
-    unknown = [name for name in arrays if name not in expected]
-    if unknown:
-        raise BadRequestError(f"{model}: unknown input(s) {sorted(unknown)}; expected {sorted(expected)}")
-    rows = -1
-    for spec in specs:
-        arr = arrays[spec.name]
-        _check_one(arr, spec, model)
-        if spec.shape and spec.shape[0] == -1:
-            if rows not in (-1, arr.shape[0]):
-                raise BadRequestError(f"{model}: inputs disagree on batch size ({rows} vs {arr.shape[0]})")
-            rows = arr.shape[0]
-    return max(rows, 1)
-
-
-def _check_one(arr: np.ndarray, spec: TensorSpec, model: str) -> None:
-    what = f"{model}: input '{spec.name}'"
-    if datatype_of(arr.dtype) != spec.datatype:
-        raise BadRequestError(f"{what} expects datatype {spec.datatype}, got {datatype_of(arr.dtype)}")
-    if arr.ndim != len(spec.shape):
-        raise BadRequestError(
-            f"{what} expects shape {list(spec.shape)} (rank {len(spec.shape)}), got {list(arr.shape)}"
-        )
-    for got, want in zip(arr.shape, spec.shape, strict=True):
-        if want >= 0 and got != want:
-            raise BadRequestError(f"{what} expects shape {list(spec.shape)}, got {list(arr.shape)}")
 
 
 def encode_bytes_element(value: bytes) -> Any:

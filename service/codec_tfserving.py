@@ -12,9 +12,10 @@ import numpy as np
 
 from service.codec import dumps, encode_bytes_element, object_array, parse_json, to_array
 from service.errors import BadRequestError
+from service.inference import check_names
 
 if TYPE_CHECKING:
-    from service.runtimes import TensorSpec
+    from service.tensors import TensorSpec
 
 DT_NAMES = {
     "BOOL": "DT_BOOL",
@@ -72,7 +73,7 @@ def _from_rows(instances: Any, specs: Sequence[TensorSpec], what: str) -> dict[s
         for index, item in enumerate(instances):
             if not isinstance(item, dict):
                 raise BadRequestError(f"instances[{index}] must be an object like instances[0]")
-            _check_names(item, names, what, f"instances[{index}]")
+            check_names(item, specs, what, f"instances[{index}]: ")
         columns = {name: [item[name] for item in instances] for name in names}
     elif len(specs) == 1:
         columns = {names[0]: instances}
@@ -84,7 +85,7 @@ def _from_rows(instances: Any, specs: Sequence[TensorSpec], what: str) -> dict[s
 def _from_columns(inputs: Any, specs: Sequence[TensorSpec], what: str) -> dict[str, np.ndarray]:
     names = [spec.name for spec in specs]
     if _is_named(inputs):
-        _check_names(inputs, names, what, "'inputs'")
+        check_names(inputs, specs, what, "'inputs': ")
         columns = inputs
     elif len(specs) == 1:
         columns = {names[0]: inputs}
@@ -95,13 +96,6 @@ def _from_columns(inputs: Any, specs: Sequence[TensorSpec], what: str) -> dict[s
 
 def _is_named(value: Any) -> bool:
     return isinstance(value, dict) and not is_b64(value)
-
-
-def _check_names(item: dict[str, Any], names: list[str], what: str, where: str) -> None:
-    missing = [name for name in names if name not in item]
-    unknown = sorted(key for key in item if key not in names)
-    if missing or unknown:
-        raise BadRequestError(f"{what}: {where} has unknown {unknown} or missing {missing} inputs; expected {names}")
 
 
 def is_b64(value: Any) -> bool:

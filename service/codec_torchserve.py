@@ -12,9 +12,10 @@ import numpy as np
 from service.codec import dumps, parse_json
 from service.codec_tfserving import is_b64, to_json_value, to_tensor
 from service.errors import BadRequestError, UnsupportedMediaTypeError
+from service.inference import check_names
 
 if TYPE_CHECKING:
-    from service.runtimes import TensorSpec
+    from service.tensors import TensorSpec
 
 NPY_MAGIC = b"\x93NUMPY"
 NPY_TYPES = frozenset({"application/x-npy", "application/npy"})
@@ -51,10 +52,7 @@ def _single(specs: Sequence[TensorSpec], what: str, media: str) -> TensorSpec:
 def _from_json(value: Any, specs: Sequence[TensorSpec], what: str) -> tuple[dict[str, np.ndarray], bool]:
     names = [spec.name for spec in specs]
     if isinstance(value, dict) and not is_b64(value):
-        missing = [name for name in names if name not in value]
-        unknown = sorted(key for key in value if key not in names)
-        if missing or unknown:
-            raise BadRequestError(f"{what}: unknown {unknown} or missing {missing} inputs; expected {names}")
+        check_names(value, specs, what)
         values = value
     elif len(specs) == 1:
         values = {names[0]: value}

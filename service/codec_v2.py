@@ -10,16 +10,15 @@ import numpy as np
 from service.codec import (
     bytes_to_jsonable,
     check_shape,
-    datatype_of,
     deserialize_bytes_tensor,
     dumps,
-    numpy_dtype,
     parse_json,
     reshape,
     serialize_bytes_tensor,
     to_array,
 )
 from service.errors import BadRequestError
+from service.tensors import datatype_of, numpy_dtype
 
 _REQUEST_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
 _UNSUPPORTED_PREFIXES = ("sequence_", "shared_memory_")
@@ -31,7 +30,7 @@ class V2Request:
 
     id: str | None
     inputs: dict[str, np.ndarray]
-    outputs: list[tuple[str, bool]] | None
+    outputs: list[tuple[str, bool | None]] | None  # requested outputs and their binary_data flag, if any
     binary_output: bool
     timeout_us: int | None
 
@@ -130,12 +129,12 @@ def _decode_input(item: dict[str, Any], binary: memoryview, offset: int, max_byt
     return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).reshape(shape), offset + size
 
 
-def _requested_outputs(outputs: Any) -> list[tuple[str, bool]] | None:
+def _requested_outputs(outputs: Any) -> list[tuple[str, bool | None]] | None:
     if outputs is None:
         return None
     if not isinstance(outputs, list):
         raise BadRequestError("'outputs' must be a list")
-    wanted: list[tuple[str, bool]] = []
+    wanted: list[tuple[str, bool | None]] = []
     for index, item in enumerate(outputs):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise BadRequestError(f"outputs[{index}] must be an object with a string 'name'")
@@ -146,29 +145,15 @@ def _requested_outputs(outputs: Any) -> list[tuple[str, bool]] | None:
             raise BadRequestError(f"output '{item['name']}': binary_data must be true or false")
         if any(name == item["name"] for name, _ in wanted):
             raise BadRequestError(f"output '{item['name']}' is requested more than once")
-        wanted.append((item["name"], binary if binary is not None else None))  # type: ignore[arg-type]
+        wanted.append((item["name"], binary))
     return wanted
 
 
-def select_outputs(
-    request: V2Request, produced: dict[str, np.ndarray], declared: list[str], model: str
-) -> list[tuple[str, np.ndarray, bool]]:
-    """Outputs to send, in request order (or declared order), each with whether it goes binary."""
-    if request.outputs is None:
-        return [(name, produced[name], request.binary_output) for name in declared]
-    chosen = []
-    for name, binary in request.outputs:
-        if name not in produced:
-            raise BadRequestError(f"{model}: unknown output '{name}'; the model has {declared}")
-        chosen.append((name, produced[name], request.binary_output if binary is None else binary))
-    return chosen
-
-
-def check_requested_outputs(request: V2Request, declared: list[str], model: str) -> None:
-    """Reject unknown requested outputs before queueing, so a bad request never runs."""
-    for name, _ in request.outputs or ():
-        if name not in declared:
-            raise BadRequestError(f"{model}: unknown output '{name}'; the model has {declared}")
+def select_outputs(request: V2Request, produced: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray, bool]]:
+    """Each output to send (the engine already chose and ordered them), with whether it goes binary."""
+    binary = dict(request.outputs or ())
+    default = request.binary_output
+    return [(name, arr, default if binary.get(name) is None else bool(binary[name])) for name, arr in produced.items()]
 
 
 def encode_response(

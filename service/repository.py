@@ -9,8 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from service.codec import DATATYPE_TO_NUMPY
 from service.runtimes import ARTIFACT_NAMES
+from service.tensors import DATATYPE_TO_NUMPY
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 VERSION = re.compile(r"[1-9][0-9]{0,18}")

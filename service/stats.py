@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.batcher import BatchObserver
+from service.batching import BatchObserver
 
 _NS_PER_S = 1_000_000_000
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.http import json_response, registry
+from service.api.http import engine, json_response
 from service.errors import ServiceUnavailableError
 
 router = APIRouter()
@@ -41,4 +41,4 @@ async def ping(request: Request) -> Response:
 
 def _is_ready(request: Request) -> bool:
     state = request.app.state
-    return bool(getattr(state, "started", False)) and registry(request).ready
+    return bool(getattr(state, "started", False)) and engine(request).ready

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fastapi import Request
 from fastapi.responses import Response
 
+from service.codec import dumps
 from service.errors import (
     BadRequestError,
     ForbiddenError,
@@ -21,18 +22,21 @@ from service.errors import (
     ServiceError,
     UnauthorizedError,
     UnsupportedMediaTypeError,
+    VersionNotFoundError,
 )
 from service.repository import MODEL_NAME
 
 if TYPE_CHECKING:
+    from service.engine import Engine
     from service.metrics import Metrics
-    from service.registry import Limits, LoadedModel, Registry
+    from service.model import Limits, LoadedModel
     from service.settings import Settings
 
 T = TypeVar("T")
 JSON = "application/json"
 TIMEOUT_HEADER = "x-request-timeout-ms"
 CALL_KEY = "tandem.call"
+TORCHSERVE_NOT_FOUND = "Model not found: {name}"  # TorchServe's wording for an unknown model
 VERSION_HEADER = "X-Model-Version"  # which version answered, on TF Serving and TorchServe responses
 
 
@@ -45,9 +49,9 @@ class Call:
     model: str = ""
     version: str = ""
 
-    def bind(self, model: LoadedModel) -> None:
+    def bind(self, name: str, version: int) -> None:
         """Label metrics with the registry's names, never the raw path."""
-        self.model, self.version = model.name, str(model.version)
+        self.model, self.version = name, str(version)
 
 
 def begin(request: Request, dialect: str) -> Call:
@@ -70,10 +74,10 @@ def finish_error(request: Request, err: ServiceError) -> None:
         finish(request.app.state.metrics, call, err.status_code, err.outcome)
 
 
-def registry(request: Request) -> Registry:
-    """The app's registry."""
-    reg: Registry = request.app.state.registry
-    return reg
+def engine(request: Request) -> Engine:
+    """The app's engine (the in-process registry)."""
+    found: Engine = request.app.state.engine
+    return found
 
 
 def settings(request: Request) -> Settings:
@@ -87,8 +91,6 @@ def parse_version(text: str | None, name: str) -> int | None:
     if text is None:
         return None
     if not text.isdigit() or text.startswith("0") or len(text) > 19 or int(text) > 2**63 - 1:
-        from service.errors import VersionNotFoundError
-
         raise VersionNotFoundError(f"model '{name}' has no version '{text:.40}'")
     return int(text)
 
@@ -176,8 +178,6 @@ async def until_done_or_disconnect(request: Request, work: Awaitable[T]) -> T:
 
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A strict-JSON response with exactly 'application/json' (no charset), as KServe's client expects."""
-    from service.codec import dumps
-
     return Response(dumps(content), status_code=status_code, headers=headers, media_type=JSON)
 
 

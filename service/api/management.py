@@ -2,34 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import datetime
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service import repository
-from service.api.http import (
-    check_name,
-    json_response,
-    not_ready,
-    parse_version,
-    registry,
-    require_control,
-    settings,
-)
-from service.api.torchserve import lookup
-from service.errors import (
-    BadRequestError,
-    ConflictError,
-    ModelLoadError,
-    ModelNotFoundError,
-    ModelNotReadyError,
-)
-from service.registry import LoadedModel, Registry
+from service.api.http import TORCHSERVE_NOT_FOUND, check_name, engine, json_response, parse_version, require_control
+from service.errors import BadRequestError, ModelNotFoundError, ModelNotReadyError
+from service.model import LoadedModel
+
+if TYPE_CHECKING:
+    from service.engine import Engine
 
 log = logging.getLogger("tandem.management")
 router = APIRouter()
@@ -39,20 +25,14 @@ MAX_WORKERS = 64
 _REFUSED_PARAMS = ("handler", "runtime", "s3_sse_kms")
 
 
-@dataclasses.dataclass
-class ControlState:
-    """What model control changed since start-up: names loaded through the API, and asynchronous loads."""
-
-    registered: set[str] = dataclasses.field(default_factory=set)
-    tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
-
-
-def control_state(request: Request) -> ControlState:
-    """The app's ControlState, made on first use."""
-    state = getattr(request.app.state, "control", None)
-    if state is None:
-        state = request.app.state.control = ControlState()
-    return state
+def lookup(found: Engine, name: str, version: int | None, *, describe: bool = False) -> LoadedModel:
+    """Engine.get (or Engine.describe) with TorchServe's wording for an unknown model."""
+    try:
+        return found.describe(name, version) if describe else found.get(name, version)
+    except ModelNotFoundError as exc:
+        if type(exc) is ModelNotFoundError:
+            raise ModelNotFoundError(TORCHSERVE_NOT_FOUND.format(name=name)) from None
+        raise
 
 
 # ----- read-only ------------------------------------------------------------------------------------
@@ -64,7 +44,7 @@ async def list_models(request: Request) -> Response:
     query = request.query_params
     limit = min(max(_int(query.get("limit"), "limit", default=MAX_PAGE), 1), MAX_PAGE)
     start = _int(query.get("next_page_token"), "next_page_token", default=0, low=0)
-    names = registry(request).names()
+    names = engine(request).names()
     body: dict[str, Any] = {}
     if start + limit < len(names):
         body["nextPageToken"] = str(start + limit)
@@ -76,38 +56,27 @@ async def list_models(request: Request) -> Response:
 @router.get("/models/{name}/{version}")
 async def describe(request: Request, name: str, version: str | None = None) -> Response:
     """Always a JSON array: the default version, the one named, or every version for `all`."""
-    reg = registry(request)
+    found = engine(request)
     check_name(name)
     if version == "all":
-        models = [m for _, m in sorted(reg.versions(name).items())]
+        models = [m for _, m in sorted(found.versions(name).items())]
     else:
-        models = [_default_or(reg, name, parse_version(version, name))]
-    registered = control_state(request).registered
-    return json_response([_describe(m, name not in registered) for m in models])
-
-
-def _default_or(reg: Registry, name: str, version: int | None) -> LoadedModel:
-    if version is not None:
-        return lookup(reg, name, version)
-    try:
-        return lookup(reg, name, None)
-    except ModelNotReadyError:  # nothing ready: describe the highest version, failed or not
-        versions = reg.versions(name)
-        return versions[max(versions)]
+        models = [lookup(found, name, parse_version(version, name), describe=True)]
+    return json_response([_describe(m, name not in found.registered) for m in models])
 
 
 def _describe(model: LoadedModel, at_startup: bool) -> dict[str, Any]:
-    limits, runtime, batcher = model.limits, model.runtime, model.batcher
+    limits = model.limits
     workers = limits.max_concurrent_batches if limits and model.ready else 0
     started = datetime.datetime.fromtimestamp(model.loaded_at, datetime.UTC).isoformat()
-    gpu = bool(runtime and runtime.device.startswith("cuda"))
-    pending = batcher.queue_depth if batcher else 0
+    gpu = (model.device or "").startswith("cuda")
+    pending = model.queue_depth
     queue = limits.max_queue_size if limits else 0
     return {
         "modelName": model.name,
         "modelVersion": str(model.version),
         "modelUrl": f"{model.name}/{model.version}",
-        "runtime": RUNTIMES.get(runtime.format if runtime else model.config.format or "", ""),
+        "runtime": RUNTIMES.get(model.format or "", ""),
         "minWorkers": workers,
         "maxWorkers": workers,
         "batchSize": limits.max_batch_size if limits else 0,
@@ -143,18 +112,9 @@ async def register(request: Request) -> Response:
         raise BadRequestError("model_name must equal url: models keep their repository directory name")
     overrides, workers = _load_overrides(query)
     synchronous = _bool(query.get("synchronous"), "synchronous")
-    reg = registry(request)
-    if any(m.ready for m in reg.all_models() if m.name == name):
-        raise ConflictError(f'Model "{name}" is already registered')
-    source = await asyncio.to_thread(repository.find_model, settings(request).models_dir, name)
-    if source is None:
-        raise ModelNotFoundError(f"Model not found in the repository: {name}")
-    _check_batch_size(source.config.preferred_batch_sizes, overrides)
-    control_state(request).registered.add(name)
-    if not synchronous:
-        _load_in_background(request, source, overrides, workers)
+    model = await engine(request).register(name, overrides, workers, wait=synchronous)
+    if model is None:
         return json_response({"status": "Processing worker updates..."}, status_code=202)
-    model = await load_and_scale(reg, source, overrides, workers)
     count = model.limits.max_concurrent_batches if model.limits else 0
     return json_response({"status": f'Model "{name}" Version: {model.version} registered with {count} initial workers'})
 
@@ -187,61 +147,20 @@ def _load_overrides(query: Any) -> tuple[dict[str, float], int | None]:
     return overrides, count
 
 
-def _check_batch_size(preferred: list[int], overrides: dict[str, float]) -> None:
-    size = overrides.get("max_batch_size")
-    if size is not None and size > 1 and preferred and max(preferred) > size:
-        raise BadRequestError(f"batch_size {int(size)} is below the model's preferred_batch_sizes {preferred}")
-
-
-async def load_and_scale(
-    reg: Registry, source: repository.ModelSource, overrides: dict[str, float], workers: int | None
-) -> LoadedModel:
-    """Load through the registry; 400 with the sanitised reason when no version comes up READY."""
-    models = await reg.load_source(source, overrides)
-    ready = [m for m in models if m.ready]
-    if not ready:
-        reasons = [m.reason for m in models if m.reason] + [source.error or "no version to load"]
-        raise ModelLoadError(f"failed to load model '{source.name}': {reasons[0]}")
-    if workers == 0:
-        for model in ready:
-            scale(model, 0)
-    return reg.get(source.name)
-
-
-def _load_in_background(request: Request, source: repository.ModelSource, *args: Any) -> None:
-    async def load() -> None:
-        try:
-            await load_and_scale(registry(request), source, *args)
-        except Exception as exc:  # nobody awaits an asynchronous registration: log how it ended
-            log.error("asynchronous registration of model %s failed: %s", source.name, exc)
-
-    tasks = control_state(request).tasks
-    task = asyncio.get_running_loop().create_task(load())
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
-
-
-def scale(model: LoadedModel, workers: int) -> None:
-    """Set the batches the version may run at once; 0 pauses it (its requests get 503)."""
-    if model.batcher is None or model.limits is None or not model.ready:
-        raise not_ready(model)
-    model.batcher.set_max_concurrent_batches(workers)
-    model.limits = dataclasses.replace(model.limits, max_concurrent_batches=workers)
-
-
 @router.put("/models/{name}")
 @router.put("/models/{name}/{version}")
 async def scale_workers(request: Request, name: str, version: str | None = None) -> Response:
     """Scale one version (the default when none is named): workers = execution slots."""
     require_control(request)
-    model = lookup(registry(request), check_name(name), parse_version(version, name))
+    found = engine(request)
+    model = lookup(found, check_name(name), parse_version(version, name))
     query = request.query_params
     high = _int(query.get("max_worker"), "max_worker", default=-1, low=0, high=MAX_WORKERS)
     low = _int(query.get("min_worker"), "min_worker", default=high if high >= 0 else 1, low=0, high=MAX_WORKERS)
     if high >= 0 and high < low:
         raise BadRequestError(f"max_worker {high} is below min_worker {low}")
     _int(query.get("timeout"), "timeout", default=-1, low=-1)
-    scale(model, low)
+    found.scale(model, low)
     if not _bool(query.get("synchronous"), "synchronous"):
         return json_response({"status": "Processing worker updates..."}, status_code=202)
     suffix = f", version: {model.version}" if version is not None else ""
@@ -252,9 +171,9 @@ async def scale_workers(request: Request, name: str, version: str | None = None)
 async def set_default(request: Request, name: str, version: str) -> Response:
     """Pin the version that version-less URLs use, in every dialect."""
     require_control(request)
-    reg = registry(request)
-    model = lookup(reg, check_name(name), parse_version(version, name))
-    reg.set_default(name, model.version)
+    found = engine(request)
+    model = lookup(found, check_name(name), parse_version(version, name))
+    found.set_default(name, model.version)
     return json_response({"status": f'Default version successfully updated for model "{name}" to "{model.version}"'})
 
 
@@ -263,18 +182,16 @@ async def set_default(request: Request, name: str, version: str) -> Response:
 async def unregister(request: Request, name: str, version: str | None = None) -> Response:
     """Drain and unload one version (the default when none is named); a model with none ready goes whole."""
     require_control(request)
-    reg = registry(request)
+    found = engine(request)
     wanted = parse_version(version, check_name(name))
     if wanted is None:
         try:
-            wanted = lookup(reg, name, None).version
+            wanted = lookup(found, name, None).version
         except ModelNotReadyError:
             wanted = None
     else:
-        lookup(reg, name, wanted)
-    await reg.unload(name, wanted)
-    if name not in reg.names():
-        control_state(request).registered.discard(name)
+        lookup(found, name, wanted)
+    await found.unload(name, wanted)
     return json_response({"status": f'Model "{name}" unregistered'})
 
 

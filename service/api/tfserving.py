@@ -8,37 +8,29 @@ case-insensitively, as in TF Serving; model names and labels stay case-sensitive
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.convertors import Convertor, register_url_convertor
 
-from service.api.http import (
-    JSON,
-    VERSION_HEADER,
-    begin,
-    check_name,
-    deadline,
-    finish,
-    json_response,
-    not_ready,
-    parse_version,
-    read_body,
-    registry,
-    settings,
-    until_done_or_disconnect,
-)
-from service.codec_tfserving import decode_predict, encode_predict, signature_def
+from service.api.http import JSON, VERSION_HEADER, begin, check_name, engine, json_response, not_ready, parse_version
+from service.api.infer import Dialect, infer
+from service.codec_tfserving import PredictRequest, decode_predict, encode_predict, signature_def
 from service.errors import (
     BadRequestError,
     MethodNotAllowedError,
     ModelNotReadyError,
     NotImplementedFeatureError,
-    VersionNotFoundError,
 )
-from service.registry import LoadedModel, ModelState, Registry
+from service.inference import InferRequest, InferResponse
+from service.model import LoadedModel, ModelState
 from service.repository import LABEL
+
+if TYPE_CHECKING:
+    from service.engine import Engine
 
 _GRAMMAR = re.compile(
     r"(?i:models)(?:/(?P<name>[^/:]+)"
@@ -115,40 +107,27 @@ async def dispatch(request: Request, v1: str, path: str = "") -> Response:
     if target.kind in _VERBS:
         return await predict(request, target)
     if target.kind == "list":
-        return json_response({"models": registry(request).names()})
+        return json_response({"models": engine(request).names()})
     if target.kind == "metadata":
         return metadata(request, target)
     return status(request, target)
 
 
-def resolve_version(reg: Registry, target: Target) -> int | None:
-    """The version a path names, directly or through a `version_labels` label; None for the default."""
-    if target.label is None:
-        return target.version
-    versions = reg.versions(target.name)
-    labels = next(iter(versions.values())).config.version_labels
-    version = labels.get(target.label)
-    if version is None or version not in versions:
-        raise VersionNotFoundError(f"model '{target.name}' has no label '{target.label}'")
-    return version
-
-
 def status(request: Request, target: Target) -> Response:
     """TF Serving's model status, plus KServe V1's name and ready."""
-    reg = registry(request)
-    version = resolve_version(reg, target)
-    if version is None:
-        models = sorted(reg.versions(target.name).values(), key=lambda m: m.version, reverse=True)
-        ready = _serving(reg, target.name)
+    found = engine(request)
+    if target.version is None and target.label is None:
+        models = sorted(found.versions(target.name).values(), key=lambda m: m.version, reverse=True)
+        ready = _serving(found, target.name)
     else:
-        models = [reg.get(target.name, version)]
+        models = [found.get(target.name, target.version, target.label)]
         ready = models[0].ready
     return json_response({"name": target.name, "ready": ready, "model_version_status": [_status(m) for m in models]})
 
 
-def _serving(reg: Registry, name: str) -> bool:
+def _serving(found: Engine, name: str) -> bool:
     try:
-        return reg.get(name).ready
+        return found.get(name).ready
     except ModelNotReadyError:
         return False
 
@@ -164,11 +143,10 @@ def _status(model: LoadedModel) -> dict[str, object]:
 
 def metadata(request: Request, target: Target) -> Response:
     """The model spec and its serving signature as a SignatureDefMap."""
-    reg = registry(request)
-    model = reg.get(target.name, resolve_version(reg, target))
-    if model.runtime is None:
+    model = engine(request).get(target.name, target.version, target.label)
+    if model.signature_name is None:
         raise not_ready(model)
-    signatures = signature_def(model.runtime.signature_name, model.inputs, model.outputs)
+    signatures = signature_def(model.signature_name, model.inputs, model.outputs)
     body = {
         "model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
         "metadata": {"signature_def": {"signature_def": signatures}},
@@ -176,24 +154,23 @@ def metadata(request: Request, target: Target) -> Response:
     return json_response(body, headers={VERSION_HEADER: str(model.version)})
 
 
+def _decode(body: bytes, headers: Mapping[str, str], model: LoadedModel, max_bytes: int) -> tuple[InferRequest, Any]:
+    decoded = decode_predict(body, model.inputs, model.signature_name or "", model.label)
+    return InferRequest(model.name, model.version, decoded.arrays), decoded
+
+
+def _encode(response: InferResponse, decoded: PredictRequest) -> Response:
+    label = f"model '{response.model}' version {response.version}"
+    payload = encode_predict(decoded, response.outputs, list(response.outputs), label)
+    return Response(payload, media_type=JSON, headers={VERSION_HEADER: str(response.version)})
+
+
+TFSERVING = Dialect("tfserving", _decode, _encode)
+
+
 async def predict(request: Request, target: Target) -> Response:
     """:predict in row (instances -> predictions) or columnar (inputs -> outputs) format."""
-    call = begin(request, "tfserving")
     if target.kind != "predict":
+        begin(request, TFSERVING.name)
         raise NotImplementedFeatureError(f":{target.kind} is not supported; use :predict")
-    reg = registry(request)
-    version = resolve_version(reg, target)
-    model = reg.get(target.name, version)
-    call.bind(model)
-    if model.runtime is None:
-        raise not_ready(model)
-    body = await read_body(request, settings(request).max_body_bytes)
-    metrics = request.app.state.metrics
-    metrics.request_body_bytes.labels("tfserving").observe(len(body))
-    decoded = decode_predict(body, model.inputs, model.runtime.signature_name, model.label)
-    work = reg.infer(target.name, version, decoded.arrays, deadline(request, model.limits))
-    model, produced = await until_done_or_disconnect(request, work)
-    call.bind(model)
-    payload = encode_predict(decoded, produced, [spec.name for spec in model.outputs], model.label)
-    finish(metrics, call, 200, "ok")
-    return Response(payload, media_type=JSON, headers={VERSION_HEADER: str(model.version)})
+    return await infer(request, TFSERVING, target.name, target.version, target.label)

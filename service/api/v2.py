@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.http import (
-    JSON,
-    begin,
-    check_name,
-    deadline,
-    finish,
-    json_response,
-    not_ready,
-    parse_version,
-    read_body,
-    registry,
-    settings,
-    until_done_or_disconnect,
-)
-from service.codec_v2 import check_requested_outputs, decode_request, encode_response, select_outputs
-from service.registry import LoadedModel
+from service.api.http import JSON, check_name, engine, json_response, not_ready, parse_version
+from service.api.infer import Dialect
+from service.api.infer import infer as serve_infer
+from service.codec_v2 import V2Request, decode_request, encode_response, select_outputs
+from service.inference import InferRequest, InferResponse
+from service.model import LoadedModel
 
 router = APIRouter()
 PLATFORMS = {"onnx": "onnx_onnxv1", "savedmodel": "tensorflow_savedmodel"}
@@ -39,18 +31,18 @@ async def server_metadata() -> Response:
 @router.get("/v2/models/{name}/versions/{version}")
 async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
     """Name, loaded versions, platform and the input/output signature."""
-    model = _lookup(request, name, version, ready_only=False)
-    if model.runtime is None:
+    model = _lookup(request, name, version)
+    if model.format is None or model.device is None:
         raise not_ready(model)
-    versions = [str(v) for v, m in sorted(registry(request).versions(name).items()) if m.ready]
+    versions = [str(v) for v, m in sorted(engine(request).versions(name).items()) if m.ready]
     return json_response(
         {
             "name": model.name,
             "versions": versions,
-            "platform": PLATFORMS[model.runtime.format],
+            "platform": PLATFORMS[model.format],
             "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in model.inputs],
             "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in model.outputs],
-            "parameters": {"device": model.runtime.device, "degraded": model.runtime.degraded},
+            "parameters": {"device": model.device, "degraded": model.degraded},
         }
     )
 
@@ -59,7 +51,7 @@ async def model_metadata(request: Request, name: str, version: str | None = None
 @router.get("/v2/models/{name}/versions/{version}/ready")
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
     """200 when the version takes requests, 503 (with the reason) otherwise."""
-    model = _lookup(request, name, version, ready_only=False)
+    model = _lookup(request, name, version)
     if not model.ready:
         raise not_ready(model)
     return json_response({"name": model.name, "ready": True})
@@ -69,24 +61,24 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 @router.get("/v2/models/{name}/versions/{version}/config")
 async def model_config(request: Request, name: str, version: str | None = None) -> Response:
     """The effective configuration, in Triton's field names, plus tandem's own under 'tandem'."""
-    model = _lookup(request, name, version, ready_only=False)
+    model = _lookup(request, name, version)
     limits = model.limits
     body: dict[str, object] = {
         "name": model.name,
-        "platform": PLATFORMS.get(model.runtime.format, "") if model.runtime else "",
+        "platform": PLATFORMS.get(model.format or "", "") if model.device else "",
         "max_batch_size": limits.max_batch_size if limits else 0,
         "input": [_triton_tensor(s.name, s.datatype, s.shape, limits) for s in model.inputs],
         "output": [_triton_tensor(s.name, s.datatype, s.shape, limits) for s in model.outputs],
         "tandem": {
             "version": str(model.version),
             "state": model.state.value,
-            "device": model.runtime.device if model.runtime else None,
-            "degraded": model.runtime.degraded if model.runtime else None,
-            "signature_name": model.runtime.signature_name if model.runtime else None,
+            "device": model.device,
+            "degraded": model.degraded,
+            "signature_name": model.signature_name,
             "limits": limits.__dict__ if limits else None,
             "version_policy": model.config.version_policy,
             "version_labels": model.config.version_labels,
-            "default_version": registry(request).default_version(model.name),
+            "default_version": engine(request).default_version(model.name),
         },
     }
     if limits and limits.max_batch_size > 1:
@@ -103,29 +95,16 @@ def _triton_tensor(name: str, datatype: str, shape: tuple[int, ...], limits: obj
     return {"name": name, "data_type": f"TYPE_{'STRING' if datatype == 'BYTES' else datatype}", "dims": dims}
 
 
-@router.post("/v2/models/{name}/infer")
-@router.post("/v2/models/{name}/versions/{version}/infer")
-async def infer(request: Request, name: str, version: str | None = None) -> Response:
-    """Decode, validate, batch, run and encode one inference request."""
-    call = begin(request, "v2")
-    reg = registry(request)
-    wanted = parse_version(version, check_name(name))
-    model = reg.get(name, wanted)
-    call.bind(model)
-    max_bytes = settings(request).max_body_bytes
-    body = await read_body(request, max_bytes, decompress=True)
-    request.app.state.metrics.request_body_bytes.labels("v2").observe(len(body))
-    req = decode_request(body, request.headers.get("inference-header-content-length"), max_bytes)
-    declared = [s.name for s in model.outputs]
-    check_requested_outputs(req, declared, model.label)
-    model, produced = await until_done_or_disconnect(
-        request, reg.infer(name, wanted, req.inputs, deadline(request, model.limits, req.timeout_us))
-    )
-    call.bind(model)
-    payload, header_length = encode_response(
-        model.name, str(model.version), req.id, select_outputs(req, produced, declared, model.label)
-    )
-    finish(request.app.state.metrics, call, 200, "ok")
+def _decode(body: bytes, headers: Mapping[str, str], model: LoadedModel, max_bytes: int) -> tuple[InferRequest, Any]:
+    req = decode_request(body, headers.get("inference-header-content-length"), max_bytes)
+    outputs = None if req.outputs is None else tuple(name for name, _ in req.outputs)
+    parameters = {"timeout": req.timeout_us} if req.timeout_us is not None else {}
+    return InferRequest(model.name, model.version, req.inputs, outputs, id=req.id, parameters=parameters), req
+
+
+def _encode(response: InferResponse, req: V2Request) -> Response:
+    chosen = select_outputs(req, response.outputs)
+    payload, header_length = encode_response(response.model, str(response.version), req.id, chosen)
     if header_length is None:
         return Response(payload, media_type=JSON)
     return Response(
@@ -135,11 +114,15 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     )
 
 
-def _lookup(request: Request, name: str, version: str | None, *, ready_only: bool) -> LoadedModel:
-    reg = registry(request)
-    wanted = parse_version(version, check_name(name))
-    if wanted is None and not ready_only:
-        versions = reg.versions(name)
-        if not any(m.ready for m in versions.values()):
-            return versions[max(versions)]
-    return reg.get(name, wanted)
+V2 = Dialect("v2", _decode, _encode, decompress=True)
+
+
+@router.post("/v2/models/{name}/infer")
+@router.post("/v2/models/{name}/versions/{version}/infer")
+async def infer(request: Request, name: str, version: str | None = None) -> Response:
+    """Decode, validate, batch, run and encode one V2 inference request."""
+    return await serve_infer(request, V2, name, version)
+
+
+def _lookup(request: Request, name: str, version: str | None) -> LoadedModel:
+    return engine(request).describe(name, parse_version(version, check_name(name)))

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service import repository
-from service.api.http import (
-    check_name,
-    json_response,
-    parse_version,
-    read_body,
-    registry,
-    require_control,
-    settings,
-)
-from service.api.management import control_state, load_and_scale
+from service.api.http import check_name, engine, json_response, parse_version, read_body, require_control
 from service.codec import parse_json
 from service.errors import BadRequestError, ModelNotFoundError
-from service.registry import LoadedModel, Registry
+from service.model import LoadedModel
+
+if TYPE_CHECKING:
+    from service.engine import Engine
 
 router = APIRouter()
 _CONTROL_BODY_BYTES = 64 * 1024
@@ -34,11 +26,11 @@ async def index(request: Request) -> Response:
     ready_only = body.get("ready", False)
     if not isinstance(ready_only, bool):
         raise BadRequestError("'ready' must be true or false")
-    reg = registry(request)
-    entries = [_index_entry(m) for m in reg.all_models() if m.ready or not ready_only]
+    found = engine(request)
+    entries = [_index_entry(m) for m in found.all_models() if m.ready or not ready_only]
     if not ready_only:
-        known = set(reg.names())
-        names = await asyncio.to_thread(_repository_names, settings(request).models_dir)
+        known = set(found.names())
+        names = await found.repository_names()
         entries += [{"name": n, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"} for n in names - known]
     entries.sort(key=lambda e: (e["name"], int(e["version"] or 0)))
     return json_response(entries)
@@ -51,13 +43,6 @@ def _index_entry(model: LoadedModel) -> dict[str, str]:
     return entry
 
 
-def _repository_names(models_dir: Any) -> set[str]:
-    try:
-        return set(repository.scan(models_dir))
-    except (repository.RepositoryError, OSError):
-        return set()
-
-
 @router.post("/v2/repository/models/{name}/load")
 async def load(request: Request, name: str) -> Response:
     """(Re)load a repository model by name and wait for it; 400 with the reason when it fails."""
@@ -66,14 +51,11 @@ async def load(request: Request, name: str) -> Response:
     params = _parameters(await _json_object(request))
     if "config" in params or any(key.startswith("file:") for key in params):
         raise BadRequestError("config overrides and file uploads are not supported: load from the repository")
-    source = await asyncio.to_thread(repository.find_model, settings(request).models_dir, name)
+    found = engine(request)
+    source = await found.find(name)
     if source is None:
         raise ModelNotFoundError(f"model '{name}' not found in the repository")
-    reg = registry(request)
-    was_serving = any(m.ready for m in reg.all_models() if m.name == name)
-    await load_and_scale(reg, source, {}, None)
-    if not was_serving:
-        control_state(request).registered.add(name)
+    await found.load(source)
     return Response(status_code=200)
 
 
@@ -85,13 +67,12 @@ async def unload(request: Request, name: str) -> Response:
     params = _parameters(await _json_object(request))
     if not isinstance(params.get("unload_dependents", False), bool):
         raise BadRequestError("parameter 'unload_dependents' must be true or false")
-    reg = registry(request)
+    found = engine(request)
     try:
-        await reg.unload(name)
+        await found.unload(name)
     except ModelNotFoundError:
-        if await asyncio.to_thread(repository.find_model, settings(request).models_dir, name) is None:
+        if await found.find(name) is None:
             raise
-    control_state(request).registered.discard(name)
     return Response(status_code=200)
 
 
@@ -100,18 +81,18 @@ async def unload(request: Request, name: str) -> Response:
 @router.get("/v2/models/{name}/versions/{version}/stats")
 async def statistics(request: Request, name: str | None = None, version: str | None = None) -> Response:
     """Cumulative per-version statistics: every model, every version of one, or one version."""
-    reg = registry(request)
+    found = engine(request)
     if name is None:
-        models = [m for m in reg.all_models() if m.version]
+        models = [m for m in found.all_models() if m.version]
     else:
-        models = _versions_of(reg, check_name(name), parse_version(version, name))
+        models = _versions_of(found, check_name(name), parse_version(version, name))
     return json_response({"model_stats": [m.stats.as_json(m.name, m.version) for m in models]})
 
 
-def _versions_of(reg: Registry, name: str, version: int | None) -> list[LoadedModel]:
+def _versions_of(found: Engine, name: str, version: int | None) -> list[LoadedModel]:
     if version is not None:
-        return [reg.get(name, version)]
-    return [m for v, m in sorted(reg.versions(name).items()) if v]
+        return [found.get(name, version)]
+    return [m for v, m in sorted(found.versions(name).items()) if v]
 
 
 async def _json_object(request: Request) -> dict[str, Any]:

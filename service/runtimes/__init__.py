@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 
-from service.codec import DATATYPE_TO_NUMPY
+from service.tensors import TensorSpec as TensorSpec
 
 Device = Literal["auto", "cpu", "cuda"]
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One named input or output as the artifact declares it; -1 marks a dynamic dim."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    # The tensor's name in the graph where the format has one (SavedModel: "serving_default_x:0"); descriptive only.
-    graph_name: str = field(default="", compare=False)
-
-    @property
-    def dtype(self) -> np.dtype[np.generic]:
-        """Numpy dtype of this tensor (object for BYTES)."""
-        return np.dtype(DATATYPE_TO_NUMPY[self.datatype])
 
 
 @dataclass(frozen=True)
@@ -40,7 +24,6 @@ class RuntimeOptions:
     allow_cpu_fallback: bool = True
     intra_op_threads: int = 0
     signature_name: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class Runtime(Protocol):
@@ -54,7 +37,7 @@ class Runtime(Protocol):
     signature_name: str
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch; blocking, called from a worker thread."""
+        """Run one batch; blocking. Called on a worker thread, or on the event loop for very fast models."""
         ...
 
     def close(self) -> None:

@@ -39,7 +39,7 @@ def _spec(node: Any) -> TensorSpec:
     if datatype is None:
         raise ModelLoadError(f"tensor '{node.name}' has type {node.type}, which tandem cannot serve")
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (node.shape or []))
-    return TensorSpec(node.name, datatype, shape)
+    return TensorSpec(node.name, datatype, shape, text=datatype == "BYTES")
 
 
 def cuda_wanted(options: RuntimeOptions) -> bool:
@@ -108,7 +108,10 @@ class OnnxRuntime:
 
 
 def _as_text(name: str, arr: np.ndarray) -> np.ndarray:
-    """ORT string tensors take str: it would feed a bytes element as its repr ("b'...'")."""
+    """ORT string tensors take str: it would feed a bytes element as its repr ("b'...'").
+
+    Requests were checked for UTF-8 before queueing (TensorSpec.text); this still guards direct callers.
+    """
     try:
         text = [v.decode() if isinstance(v, bytes) else v for v in arr.reshape(-1)]
     except UnicodeDecodeError:

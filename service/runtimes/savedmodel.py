@@ -41,7 +41,7 @@ def configure_tensorflow(options: RuntimeOptions) -> Any:
 
 
 def _datatype(dtype: Any) -> str:
-    from service.codec import datatype_of
+    from service.tensors import datatype_of
 
     if dtype.name == "string":
         return "BYTES"

@@ -9,21 +9,17 @@ import orjson
 import pytest
 
 from service.codec import (
-    DATATYPE_TO_NUMPY,
     bytes_to_jsonable,
-    check_inputs,
     check_shape,
-    datatype_of,
     deserialize_bytes_tensor,
     dumps,
-    numpy_dtype,
     parse_json,
     reshape,
     serialize_bytes_tensor,
     to_array,
 )
 from service.errors import BadRequestError, PayloadTooLargeError
-from service.runtimes import TensorSpec
+from service.tensors import DATATYPE_TO_NUMPY, datatype_of, numpy_dtype
 
 INTEGER_TYPES = ["UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"]
 FLOAT_TYPES = ["FP16", "FP32", "FP64"]
@@ -269,39 +265,3 @@ def test_dumps_serialises_every_numeric_dtype_natively() -> None:
             continue
         expected = [False, True] if datatype == "BOOL" else [0, 1]
         assert orjson.loads(dumps(np.array([0, 1], dtype=name))) == expected
-
-
-# ----- checks against a model's signature --------------------------------------------------------
-
-SPECS = [TensorSpec("x", "FP32", (-1, 4)), TensorSpec("mask", "BOOL", (-1,))]
-
-
-def test_check_inputs_returns_the_batch_rows() -> None:
-    arrays = {"x": np.zeros((3, 4), np.float32), "mask": np.ones(3, bool)}
-    assert check_inputs(arrays, SPECS, "model 'm' version 1") == 3
-
-
-def test_check_inputs_names_missing_and_unknown_inputs() -> None:
-    with pytest.raises(BadRequestError, match=r"model 'm'.*missing.*\['mask'\]"):
-        check_inputs({"x": np.zeros((1, 4), np.float32)}, SPECS, "model 'm'")
-    arrays = {"x": np.zeros((1, 4), np.float32), "mask": np.ones(1, bool), "z": np.ones(1, bool)}
-    with pytest.raises(BadRequestError, match=r"unknown.*\['z'\]"):
-        check_inputs(arrays, SPECS, "model 'm'")
-
-
-def test_check_inputs_refuses_another_datatype_without_casting() -> None:
-    arrays = {"x": np.zeros((1, 4), np.float64), "mask": np.ones(1, bool)}
-    with pytest.raises(BadRequestError, match=r"input 'x' expects datatype FP32, got FP64"):
-        check_inputs(arrays, SPECS, "model 'm'")
-
-
-def test_check_inputs_refuses_wrong_rank_and_fixed_dims() -> None:
-    with pytest.raises(BadRequestError, match=r"input 'x' expects shape \[-1, 4\].*\[4\]"):
-        check_inputs({"x": np.zeros(4, np.float32), "mask": np.ones(1, bool)}, SPECS, "model 'm'")
-    with pytest.raises(BadRequestError, match=r"input 'x' expects shape \[-1, 4\].*\[1, 3\]"):
-        check_inputs({"x": np.zeros((1, 3), np.float32), "mask": np.ones(1, bool)}, SPECS, "model 'm'")
-
-
-def test_check_inputs_refuses_inputs_that_disagree_on_the_batch() -> None:
-    with pytest.raises(BadRequestError, match=r"batch size"):
-        check_inputs({"x": np.zeros((2, 4), np.float32), "mask": np.ones(3, bool)}, SPECS, "model 'm'")

@@ -22,8 +22,10 @@ from service.errors import (
     ShuttingDownError,
     VersionNotFoundError,
 )
+from service.inference import InferRequest, validate
 from service.metrics import Metrics
-from service.registry import ModelState, Registry
+from service.model import LoadedModel, ModelState
+from service.registry import Registry
 from service.settings import Settings
 from tests.service.conftest import FakeLoader, write_fake_model
 
@@ -39,6 +41,20 @@ async def loaded(repo: Path, loader: FakeLoader | None = None, **settings: Any) 
         yield registry
     finally:
         await registry.close(5)
+
+
+async def infer(
+    registry: Registry, name: str, version: int | None, arrays: dict[str, np.ndarray], deadline: float | None
+) -> tuple[LoadedModel, dict[str, np.ndarray]]:
+    """What a route does: look the version up, validate against it, run; the version that answered and its outputs."""
+    if registry.closing:
+        raise ShuttingDownError()
+    model = registry.get(name, version)
+    request = InferRequest(name, model.version, arrays, pinned=version is not None, deadline=deadline)
+    if model.ready:  # the routes answer 503 for a version that is not ready before decoding anything
+        validate(request, model.inputs, model.outputs, model.limits.max_batch_size if model.limits else 0, model.label)
+    response = await registry.infer(request)
+    return model if response.version == model.version else registry.get(name, response.version), response.outputs
 
 
 def rows(n: int, value: float = 1.0) -> dict[str, np.ndarray]:
@@ -57,7 +73,7 @@ async def test_load_all_serves_every_model_in_the_repository(tmp_path: Path) -> 
         assert registry.ready
         model = registry.get("b")
         assert (model.name, model.version, model.state) == ("b", 3, ModelState.READY)
-        served, out = await registry.infer("b", None, rows(2, 1.5), None)
+        served, out = await infer(registry, "b", None, rows(2, 1.5), None)
         assert served is model
         assert out["y"].tolist() == [[3.0] * 4] * 2
         assert out["version"].tolist() == [3, 3]
@@ -77,7 +93,7 @@ async def test_a_broken_model_does_not_stop_the_others_and_its_reason_shows(tmp_
         with pytest.raises(ModelNotReadyError, match=r"not a valid ONNX model"):
             registry.get("bad")
         with pytest.raises(ModelNotReadyError):
-            await registry.infer("bad", 1, rows(1), None)
+            await infer(registry, "bad", 1, rows(1), None)
         assert sample(registry, "tandem_model_loads_total", model="bad", outcome="failed") == 1
 
 
@@ -154,14 +170,14 @@ async def test_a_specific_version_is_served_and_an_unknown_one_is_not_found(tmp_
     for version in (1, 2):
         write_fake_model(tmp_path, "m", version, config={"version_policy": "all"})
     async with loaded(tmp_path) as registry:
-        _, out = await registry.infer("m", 1, rows(1), None)
+        _, out = await infer(registry, "m", 1, rows(1), None)
         assert out["version"].tolist() == [1]
         with pytest.raises(VersionNotFoundError, match=r"version 7"):
             registry.get("m", 7)
         with pytest.raises(ModelNotFoundError, match=r"'nope'"):
             registry.get("nope")
         with pytest.raises(ModelNotFoundError):
-            await registry.infer("nope", None, rows(1), None)
+            await infer(registry, "nope", None, rows(1), None)
 
 
 async def test_the_default_pin_governs_version_less_requests(tmp_path: Path) -> None:
@@ -172,7 +188,7 @@ async def test_the_default_pin_governs_version_less_requests(tmp_path: Path) -> 
         registry.set_default("m", 1)
         assert registry.default_version("m") == 1
         assert registry.get("m").version == 1
-        _, out = await registry.infer("m", None, rows(1), None)
+        _, out = await infer(registry, "m", None, rows(1), None)
         assert out["version"].tolist() == [1]
         with pytest.raises(VersionNotFoundError):
             registry.set_default("m", 5)
@@ -187,9 +203,9 @@ async def test_inputs_are_checked_against_the_signature_before_queueing(tmp_path
     async with loaded(tmp_path, loader) as registry:
         calls = len(loader.of("m", 1).batch_rows)
         with pytest.raises(BadRequestError, match=r"model 'm' version 1.*input 'x'.*FP32"):
-            await registry.infer("m", None, {"x": np.ones((1, 4), np.float64)}, None)
+            await infer(registry, "m", None, {"x": np.ones((1, 4), np.float64)}, None)
         with pytest.raises(BadRequestError, match=r"missing"):
-            await registry.infer("m", None, {"z": np.ones((1, 4), np.float32)}, None)
+            await infer(registry, "m", None, {"z": np.ones((1, 4), np.float32)}, None)
         assert len(loader.of("m", 1).batch_rows) == calls
 
 
@@ -208,18 +224,11 @@ async def test_per_model_limits_override_the_server_defaults(tmp_path: Path) -> 
         assert sorted(options.device for options in loader.options) == ["auto", "cpu"]
 
 
-async def test_labels_are_loaded_with_the_version(tmp_path: Path) -> None:
-    version_dir = write_fake_model(tmp_path, "m", 1)
-    (version_dir / "labels.txt").write_text("cat\ndog\n")
-    async with loaded(tmp_path) as registry:
-        assert registry.get("m").labels == ["cat", "dog"]
-
-
 async def test_concurrent_requests_are_batched(tmp_path: Path) -> None:
     write_fake_model(tmp_path, "m", 1, delay_s=0.02, config={"max_batch_size": 64, "max_batch_delay_ms": 5})
     loader = FakeLoader()
     async with loaded(tmp_path, loader) as registry:
-        results = await asyncio.gather(*(registry.infer("m", None, rows(1, i), None) for i in range(40)))
+        results = await asyncio.gather(*(infer(registry, "m", None, rows(1, i), None) for i in range(40)))
         assert [out["y"][0, 0] for _, out in results] == [2.0 * i for i in range(40)]
         served = loader.of("m", 1).batch_rows[2:]  # after the two warm-up calls
         assert sum(served) == 40
@@ -239,7 +248,7 @@ async def test_a_version_swap_under_concurrent_load_loses_no_request(tmp_path: P
         async def client(index: int) -> None:
             while not stop.is_set():
                 try:
-                    _, out = await registry.infer("m", None, rows(1, index), None)
+                    _, out = await infer(registry, "m", None, rows(1, index), None)
                 except Exception as exc:  # any failure is a lost request
                     errors.append(exc)
                     return
@@ -274,7 +283,7 @@ async def test_unload_drains_running_requests_then_frees_the_runtime(tmp_path: P
     write_fake_model(tmp_path, "other", 1)
     loader = FakeLoader()
     async with loaded(tmp_path, loader, warmup=False) as registry:
-        pending = [asyncio.create_task(registry.infer("m", None, rows(1, i), None)) for i in range(3)]
+        pending = [asyncio.create_task(infer(registry, "m", None, rows(1, i), None)) for i in range(3)]
         await asyncio.sleep(0.05)  # the first runs, two wait in the queue
         await registry.unload("m")
         results = await asyncio.gather(*pending)
@@ -292,13 +301,13 @@ async def test_unload_drains_running_requests_then_frees_the_runtime(tmp_path: P
 async def test_requests_arriving_while_a_model_unloads_are_refused_cleanly(tmp_path: Path) -> None:
     write_fake_model(tmp_path, "m", 1, delay_s=0.2)
     async with loaded(tmp_path, warmup=False) as registry:
-        running = asyncio.create_task(registry.infer("m", None, rows(1, 1), None))
+        running = asyncio.create_task(infer(registry, "m", None, rows(1, 1), None))
         await asyncio.sleep(0.05)
         unloading = asyncio.create_task(registry.unload("m"))
         await asyncio.sleep(0.05)  # the unload now waits for the running request
         assert not unloading.done()
         with pytest.raises((ModelNotFoundError, ModelNotReadyError)):
-            await registry.infer("m", None, rows(1), None)
+            await infer(registry, "m", None, rows(1), None)
         with pytest.raises((ModelNotFoundError, ModelNotReadyError)):
             registry.get("m")
         await unloading
@@ -320,7 +329,7 @@ async def test_poll_picks_up_new_versions_and_drops_removed_models(tmp_path: Pat
         assert sorted(registry.versions("m")) == [2]
         assert registry.get("new").ready
         assert registry.names() == ["m", "new"]
-        _, out = await registry.infer("m", None, rows(1), None)
+        _, out = await infer(registry, "m", None, rows(1), None)
         assert out["version"].tolist() == [2]
 
 
@@ -346,12 +355,12 @@ async def test_close_refuses_new_work_and_drains(tmp_path: Path) -> None:
     loader = FakeLoader()
     registry = Registry(Settings(models_dir=tmp_path, warmup=False), Metrics(CollectorRegistry()), loader)
     await registry.load_all()
-    running = asyncio.create_task(registry.infer("m", None, rows(1, 3), None))
+    running = asyncio.create_task(infer(registry, "m", None, rows(1, 3), None))
     await asyncio.sleep(0.05)
     await registry.close(5)
     _, out = await running
     assert out["y"][0, 0] == 6.0
     assert not registry.ready
     with pytest.raises(ShuttingDownError):
-        await registry.infer("m", None, rows(1), None)
+        await infer(registry, "m", None, rows(1), None)
     assert loader.of("m", 1).closed

@@ -1,0 +1,82 @@
+"""The one inference path over HTTP: every dialect is a decoder to InferRequest and an encoder of InferResponse."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from service.api.http import (
+    begin,
+    check_name,
+    deadline,
+    engine,
+    finish,
+    not_ready,
+    parse_version,
+    read_body,
+    settings,
+    until_done_or_disconnect,
+)
+from service.errors import ModelNotFoundError, ServiceError
+from service.inference import InferRequest, InferResponse, validate
+from service.model import LoadedModel
+
+# decode(body, headers, model, max_body_bytes) -> the request and what the encoder needs to answer it
+Decode = Callable[[bytes, Mapping[str, str], LoadedModel, int], tuple[InferRequest, Any]]
+# encode(response, what decode kept) -> the HTTP response
+Encode = Callable[[InferResponse, Any], Response]
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """One wire format's pair of functions, and how it names things in metrics and messages."""
+
+    name: str  # the `dialect` metric label
+    decode: Decode
+    encode: Encode
+    decompress: bool = False  # accept gzip/deflate request bodies
+    not_found: str = "model '{name}' not found"  # the dialect's wording for an unknown model
+
+
+async def infer(
+    request: Request, dialect: Dialect, name: str, version: str | int | None = None, label: str | None = None
+) -> Response:
+    """Look up, read, decode, validate, queue, run and encode one request: the same six hops for every dialect.
+
+    `version` is the path's text (checked here) or a number the dialect already parsed; None means the default.
+    """
+    call = begin(request, dialect.name)
+    if isinstance(version, str) or version is None:
+        version = parse_version(version, check_name(name))
+    found = engine(request)
+    try:
+        model = found.get(name, version, label)
+    except ModelNotFoundError as exc:
+        if type(exc) is ModelNotFoundError:
+            raise ModelNotFoundError(dialect.not_found.format(name=name)) from None
+        raise
+    call.bind(model.name, model.version)
+    if not model.ready:
+        raise not_ready(model)
+    max_bytes = settings(request).max_body_bytes
+    body = await read_body(request, max_bytes, decompress=dialect.decompress)
+    request.app.state.metrics.request_body_bytes.labels(dialect.name).observe(len(body))
+    infer_request, reply = dialect.decode(body, request.headers, model, max_bytes)
+    max_rows = model.limits.max_batch_size if model.limits else 0
+    try:
+        validate(infer_request, model.inputs, model.outputs, max_rows, model.label)
+    except ServiceError:
+        model.stats.request_finished(False, time.perf_counter_ns())  # Triton counts refused requests as failed
+        raise
+    infer_request.pinned = version is not None or label is not None
+    infer_request.deadline = deadline(request, model.limits, infer_request.parameters.get("timeout"))
+    response = await until_done_or_disconnect(request, found.infer(infer_request))
+    call.bind(response.model, response.version)
+    answer = dialect.encode(response, reply)
+    finish(request.app.state.metrics, call, 200, "ok")
+    return answer

@@ -1,0 +1,146 @@
+"""Turning one version directory into a serving LoadedModel: open the runtime, check, warm up, start its batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from pathlib import Path
+
+import numpy as np
+
+from service import repository
+from service.batcher import DynamicBatcher
+from service.errors import ModelLoadError, ServiceError
+from service.metrics import Metrics
+from service.model import Limits, LoadedModel, ModelState
+from service.repository import ModelConfig, ModelSource
+from service.runtimes import Runtime, RuntimeOptions
+from service.settings import Settings
+from service.stats import Observers
+
+log = logging.getLogger("tandem.loading")
+RuntimeLoader = Callable[[str, Path, RuntimeOptions], Runtime]
+
+
+class Loader:
+    """Loads versions for the registry; one failing version is recorded as UNAVAILABLE, never raised."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, runtime_loader: RuntimeLoader, executor: Executor) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._runtime_loader = runtime_loader
+        self._executor = executor
+
+    async def load_version(self, source: ModelSource, config: ModelConfig, version: int) -> LoadedModel:
+        """Open, check and warm one version, then start its batcher; READY or UNAVAILABLE with the reason."""
+        model = LoadedModel(source.name, version, config)
+        started = time.perf_counter()
+        try:
+            runtime = await asyncio.to_thread(self._open_runtime, source, config, version)
+            model.runtime = runtime
+            batched = bool(runtime.inputs) and all(spec.batched for spec in runtime.inputs)
+            model.limits = Limits.resolve(config, self._settings, batched)
+            if self._settings.warmup:
+                await asyncio.to_thread(warm_up, runtime, model.limits.max_batch_size)
+        except ServiceError as exc:
+            return self.failed(model, exc.message)
+        except Exception as exc:  # a broken artifact must not take the server down
+            log.exception("unexpected error loading %s", model.label)
+            return self.failed(model, f"load failed ({type(exc).__name__})")
+        model.batcher = self._make_batcher(model, runtime, model.limits)
+        await model.batcher.start()
+        model.state = ModelState.READY
+        fmt, device = runtime.format, runtime.device
+        self._metrics.model_loads.labels(model.name, "ok").inc()
+        self._metrics.model_load_duration.labels(model.name, fmt, device).observe(time.perf_counter() - started)
+        self._metrics.model_ready.labels(model.name, str(version), fmt, device).set(1)
+        log.info("%s READY on %s%s", model.label, device, " (degraded: CPU fallback)" * runtime.degraded)
+        return model
+
+    def failed(self, model: LoadedModel, reason: str) -> LoadedModel:
+        """Mark a version that could not load, counting and logging why."""
+        model.state, model.reason = ModelState.UNAVAILABLE, f"load failed: {reason}"
+        self._metrics.model_loads.labels(model.name, "failed").inc()
+        log.error("%s failed to load: %s", model.label, reason)
+        self.close_runtime(model)
+        return model
+
+    def source_failed(self, name: str, reason: str) -> None:
+        """Count and log a model directory that cannot be read (bad model.json, no versions)."""
+        log.error("model %s failed to load: %s", name, reason)
+        self._metrics.model_loads.labels(name, "failed").inc()
+
+    def close_runtime(self, model: LoadedModel) -> None:
+        """Free a version's runtime and clear its ready gauge."""
+        if model.runtime is not None:
+            runtime = model.runtime
+            self._metrics.model_ready.labels(model.name, str(model.version), runtime.format, runtime.device).set(0)
+            runtime.close()
+            model.runtime = None
+
+    def _open_runtime(self, source: ModelSource, config: ModelConfig, version: int) -> Runtime:
+        version_dir = source.versions[version]
+        fmt = config.format or repository.detect_format(version_dir)
+        if fmt is None:
+            raise ModelLoadError("no model.onnx or model.savedmodel in the version directory")
+        options = RuntimeOptions(
+            device=config.device or self._settings.device,
+            gpu_device_id=self._settings.gpu_device_id,
+            allow_cpu_fallback=self._settings.allow_cpu_fallback,
+            intra_op_threads=self._settings.intra_op_threads,
+            signature_name=config.signature_name,
+        )
+        runtime = self._runtime_loader(fmt, repository.artifact_path(version_dir, fmt), options)
+        check_declared(config, runtime)
+        return runtime
+
+    def _make_batcher(self, model: LoadedModel, runtime: Runtime, limits: Limits) -> DynamicBatcher:
+        return DynamicBatcher(
+            runtime.predict,
+            max_batch_size=limits.max_batch_size,
+            max_batch_delay_ms=limits.max_batch_delay_ms,
+            max_queue_size=limits.max_queue_size,
+            max_concurrent_batches=limits.max_concurrent_batches,
+            preferred_batch_sizes=limits.preferred_batch_sizes,
+            executor=self._executor,
+            observer=Observers(
+                self._metrics.batch_observer(model.name, str(model.version), runtime.device), model.stats
+            ),
+            name=model.label,
+        )
+
+
+def check_declared(config: ModelConfig, runtime: Runtime) -> None:
+    """model.json may restate the signature; it must then agree with the artifact."""
+    for kind, declared, actual in (
+        ("input", config.inputs, runtime.inputs),
+        ("output", config.outputs, runtime.outputs),
+    ):
+        if declared is None:
+            continue
+        got = {s.name: s for s in actual}
+        for tensor in declared:
+            spec = got.get(tensor.name)
+            if spec is None:
+                raise ModelLoadError(f"model.json {kind} '{tensor.name}' is not in the artifact ({sorted(got)})")
+            if spec.datatype != tensor.datatype or len(spec.shape) != len(tensor.shape):
+                raise ModelLoadError(
+                    f"model.json {kind} '{tensor.name}' says {tensor.datatype} {tensor.shape}, "
+                    f"the artifact has {spec.datatype} {list(spec.shape)}"
+                )
+
+
+def warm_up(runtime: Runtime, max_batch_size: int) -> None:
+    """Run synthetic inputs at batch 1 and the max batch so the first real request is not slow."""
+    for rows in sorted({1, max(1, max_batch_size)}):
+        feeds = {}
+        for spec in runtime.inputs:
+            shape = [rows if i == 0 and d == -1 else (1 if d == -1 else d) for i, d in enumerate(spec.shape)]
+            if spec.datatype == "BYTES":
+                feeds[spec.name] = np.full(shape, b"", dtype=object)
+            else:
+                feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
+        runtime.predict(feeds)

@@ -1,0 +1,118 @@
+"""One model version as served (LoadedModel), its lifecycle states and its effective limits."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from service.repository import ModelConfig
+from service.stats import ModelStats
+from service.tensors import TensorSpec
+
+if TYPE_CHECKING:
+    from service.batcher import DynamicBatcher
+    from service.runtimes import Runtime
+    from service.settings import Settings
+
+
+class ModelState(enum.StrEnum):
+    """Lifecycle of one model version (V2 repository-index names)."""
+
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The effective batching and timeout values of one model: model.json over server settings."""
+
+    max_batch_size: int
+    max_batch_delay_ms: float
+    preferred_batch_sizes: tuple[int, ...]
+    max_queue_size: int
+    queue_timeout_ms: float
+    request_timeout_ms: float
+    max_concurrent_batches: int
+
+    @classmethod
+    def resolve(cls, config: ModelConfig, settings: Settings, batched: bool) -> Limits:
+        """Merge per-model overrides onto server defaults; a model without a batch dim never batches."""
+
+        def pick(name: str) -> float:
+            value = getattr(config, name)
+            return value if value is not None else getattr(settings, name)  # type: ignore[no-any-return]
+
+        return cls(
+            max_batch_size=int(pick("max_batch_size")) if batched else 0,
+            max_batch_delay_ms=pick("max_batch_delay_ms"),
+            preferred_batch_sizes=tuple(config.preferred_batch_sizes),
+            max_queue_size=int(pick("max_queue_size")),
+            queue_timeout_ms=pick("queue_timeout_ms"),
+            request_timeout_ms=pick("request_timeout_ms"),
+            max_concurrent_batches=int(pick("max_concurrent_batches")),
+        )
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """One model version as served: its signature, limits, runtime and batcher."""
+
+    name: str
+    version: int
+    config: ModelConfig
+    state: ModelState = ModelState.LOADING
+    reason: str | None = None
+    runtime: Runtime | None = None
+    batcher: DynamicBatcher | None = None
+    limits: Limits | None = None
+    loaded_at: float = field(default_factory=time.time)
+    stats: ModelStats = field(default_factory=ModelStats)
+
+    @property
+    def label(self) -> str:
+        """How messages name this version."""
+        return f"model '{self.name}' version {self.version}"
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """Input signature (empty until loaded)."""
+        return self.runtime.inputs if self.runtime else []
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        """Output signature (empty until loaded)."""
+        return self.runtime.outputs if self.runtime else []
+
+    @property
+    def ready(self) -> bool:
+        """Whether the version takes requests."""
+        return self.state is ModelState.READY
+
+    @property
+    def format(self) -> str | None:
+        """The artifact format once loaded ("onnx", "savedmodel"); model.json's, if any, before."""
+        return self.runtime.format if self.runtime else self.config.format
+
+    @property
+    def device(self) -> str | None:
+        """Where the runtime runs ("cpu", "cuda:0"); None until loaded."""
+        return self.runtime.device if self.runtime else None
+
+    @property
+    def degraded(self) -> bool | None:
+        """True when a GPU was wanted but the runtime fell back to CPU; None until loaded."""
+        return self.runtime.degraded if self.runtime else None
+
+    @property
+    def signature_name(self) -> str | None:
+        """The served signature's name; None until loaded."""
+        return self.runtime.signature_name if self.runtime else None
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting to join a batch."""
+        return self.batcher.queue_depth if self.batcher else 0

@@ -1,0 +1,90 @@
+"""The waiting requests of one batcher: arrival order, queue-depth accounting, deadlines and failure."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+from service.batching import BatchObserver, Pending
+from service.errors import DeadlineExceededError, QueueTimeoutError, ServiceError
+
+
+class RequestQueue:
+    """Requests in arrival order; abandoned ones stay until popped or compacted, but leave the depth at once."""
+
+    def __init__(self, who: str, observer: BatchObserver | None, retry_after_s: Callable[[], int]) -> None:
+        self.items: deque[Pending] = deque()
+        self.forming: list[Pending] = []  # the batch being filled, still counted as queued
+        self.depth = 0
+        self._who = who
+        self._observer = observer
+        self._retry_after_s = retry_after_s
+
+    def push(self, item: Pending, max_queue: int) -> None:
+        """Queue an admitted request."""
+        if len(self.items) >= 2 * max_queue:  # amortised removal of abandoned items
+            self.items = deque(queued for queued in self.items if queued.queued)
+        self.items.append(item)
+        self.depth += 1
+        if self._observer is not None:
+            self._observer.queue_depth(self.depth)
+
+    def arm_timers(self, item: Pending) -> list[asyncio.TimerHandle]:
+        """Timers that fail the request at its deadline (queued or running) and queue deadline (queued only)."""
+        loop, now = asyncio.get_running_loop(), time.monotonic()
+        timers: list[asyncio.TimerHandle] = []
+        if item.deadline is not None:
+            timers.append(loop.call_later(item.deadline - now, self._expire, item, False))
+        if item.queue_deadline is not None:
+            timers.append(loop.call_later(item.queue_deadline - now, self._expire, item, True))
+        return timers
+
+    def _expire(self, item: Pending, queue_only: bool) -> None:
+        # A deadline fails the request queued or running (a running batch's result is then discarded);
+        # a queue deadline only counts until the batch starts.
+        if not item.future.done() and (item.queued or not queue_only):
+            self.fail(item, self.queue_timeout() if queue_only else self.deadline_error())
+
+    def deadline_error(self) -> DeadlineExceededError:
+        """The 504 for a request past its deadline."""
+        return DeadlineExceededError(f"{self._who}: request deadline exceeded")
+
+    def queue_timeout(self) -> QueueTimeoutError:
+        """The 503 for a request that waited past its queue timeout."""
+        message = f"{self._who}: request waited past its queue timeout"
+        return QueueTimeoutError(message, retry_after_s=self._retry_after_s())
+
+    def leave(self, item: Pending) -> None:
+        """Stop counting a request as queued (dispatched, failed or abandoned)."""
+        if item.queued:
+            item.queued = False
+            self.depth -= 1
+            if self._observer is not None:
+                self._observer.queue_depth(self.depth)
+
+    def fail(self, item: Pending, error: ServiceError) -> None:
+        """Fail a request that has not been answered yet."""
+        self.leave(item)
+        if not item.future.done():
+            item.future.set_exception(error)
+
+    def fail_waiting(self, make_error: Callable[[], ServiceError]) -> None:
+        """Fail every queued request, including those of a batch still forming."""
+        for item in [*self.items, *self.forming]:
+            if item.queued:
+                self.fail(item, make_error())
+        self.items.clear()
+
+    def live(self, item: Pending, now: float) -> bool:
+        """False for a request that may no longer run: abandoned, failed, or past a deadline (then failed)."""
+        if item.future.done():
+            self.leave(item)
+        elif item.deadline is not None and item.deadline <= now:
+            self.fail(item, self.deadline_error())
+        elif item.queue_deadline is not None and item.queue_deadline <= now:
+            self.fail(item, self.queue_timeout())
+        else:
+            return True
+        return False
