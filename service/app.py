@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from service.api import health, management, tfserving, torchserve, v2, v2_repository
-from service.api.http import CALL_KEY, ClientGone, finish, finish_error, json_response
+from service.api.http import finish_error, json_response
 from service.errors import (
     BadRequestError,
     InternalError,
@@ -122,14 +122,6 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     return error_response(request, err)
 
 
-async def on_client_gone(request: Request, exc: Exception) -> Response:
-    """The client left: count it as 499 (cancelled); nothing can be sent."""
-    call = request.scope.get(CALL_KEY)
-    if call is not None:
-        finish(request.app.state.metrics, call, 499, "cancelled")
-    return Response(status_code=499)
-
-
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     """A bug: log it with the request id, answer a generic 500 that quotes the id."""
     log.error("request %s failed", _request_id(request), exc_info=exc)
@@ -142,7 +134,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(ClientGone, on_client_gone)
     app.add_exception_handler(Exception, on_unexpected)
 
 
@@ -207,7 +198,5 @@ async def _serve(request: Request, endpoint: Endpoint, params: dict[str, str | N
         return await endpoint(request, **params)
     except ServiceError as exc:
         return await on_service_error(request, exc)
-    except ClientGone as exc:
-        return await on_client_gone(request, exc)
     except Exception as exc:
         return await on_unexpected(request, exc)

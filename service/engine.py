@@ -6,6 +6,7 @@ batchers or runtimes, so another engine (in another process) can stand behind th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from service.inference import InferRequest, InferResponse
@@ -47,8 +48,8 @@ class Engine(Protocol):
         """Every version of every model."""
         ...
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Run one validated request."""
+    async def infer(self, request: InferRequest, gone: Callable[[], bool] | None = None) -> InferResponse:
+        """Run one validated request; dropped before it runs once `gone()` says the client has left."""
         ...
 
     async def find(self, name: str) -> ModelSource | None:

@@ -13,16 +13,18 @@ import numpy as np
 
 from service import repository
 from service.batcher import DynamicBatcher
+from service.batching import INLINE_BATCH_S
 from service.errors import ModelLoadError, ServiceError
 from service.metrics import Metrics
 from service.model import Limits, LoadedModel, ModelState
 from service.repository import ModelConfig, ModelSource
-from service.runtimes import Runtime, RuntimeOptions
+from service.runtimes import Runtime, RuntimeOptions, available_cpus
 from service.settings import Settings
 from service.stats import Observers
 
 log = logging.getLogger("tandem.loading")
 RuntimeLoader = Callable[[str, Path, RuntimeOptions], Runtime]
+INLINE_SINGLE_CPU_S = 0.002
 
 
 class Loader:
@@ -110,7 +112,19 @@ class Loader:
                 self._metrics.batch_observer(model.name, str(model.version), runtime.device), model.stats
             ),
             name=model.label,
+            inline_below_s=inline_threshold(runtime.device),
         )
+
+
+def inline_threshold(device: str) -> float:
+    """Batches with a mean runtime call below this run on the event loop rather than a worker thread.
+
+    With one CPU and a CPU runtime, a worker thread cannot overlap anything: the handoff to it and back (a queue,
+    two wake-ups and the GIL changing hands) is pure cost, so batches of up to a few milliseconds run inline; longer
+    ones still go to a thread, so that the loop keeps answering (health checks, 503s) while they run. Otherwise
+    only batches faster than the handoff run inline, and the loop decodes the next requests while a batch runs.
+    """
+    return INLINE_SINGLE_CPU_S if device == "cpu" and available_cpus() == 1 else INLINE_BATCH_S
 
 
 def check_declared(config: ModelConfig, runtime: Runtime) -> None:

@@ -90,6 +90,7 @@ class Metrics:
         # Label sets are bounded (dialects x loaded model versions x codes), so these caches are too.
         self._request_children: dict[tuple[str, str, str, int, str], Counter] = {}
         self._duration_children: dict[tuple[str, ...], Histogram] = {}
+        self._body_children: dict[str, Histogram] = {}
 
     def observe_request(
         self, dialect: str, model: str, version: str, code: int, outcome: str, seconds: float | None
@@ -105,6 +106,13 @@ class Metrics:
             if timer is None:
                 timer = self._duration_children[key[:3]] = self.request_duration.labels(dialect, model, version)
             timer.observe(seconds)
+
+    def observe_body(self, dialect: str, size: int) -> None:
+        """The size of one decoded request body (child cached: hot path)."""
+        child = self._body_children.get(dialect)
+        if child is None:
+            child = self._body_children[dialect] = self.request_body_bytes.labels(dialect)
+        child.observe(size)
 
     def batch_observer(self, model: str, version: str, device: str) -> BatchMetrics:
         """Children bound to one model version, handed to its batcher."""

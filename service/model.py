@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from service.errors import QueueFullError
 from service.repository import ModelConfig
 from service.stats import ModelStats
 from service.tensors import TensorSpec
@@ -71,6 +72,7 @@ class LoadedModel:
     limits: Limits | None = None
     loaded_at: float = field(default_factory=time.time)
     stats: ModelStats = field(default_factory=ModelStats)
+    admitting: int = 0  # requests past admission whose bodies are being read and decoded, not yet queued
 
     @property
     def label(self) -> str:
@@ -116,3 +118,16 @@ class LoadedModel:
     def queue_depth(self) -> int:
         """Requests waiting to join a batch."""
         return self.batcher.queue_depth if self.batcher else 0
+
+    def admit(self) -> None:
+        """Refuse a request before its body is read when the queue, counting those being decoded, is full.
+
+        Refusing is then nearly free, so an overloaded model keeps its CPU for the requests it can serve.
+        """
+        if self.batcher is None or self.limits is None:
+            return
+        limit = self.limits.max_queue_size
+        if self.batcher.queue_depth + self.admitting >= limit:
+            self.stats.request_finished(False, time.perf_counter_ns())
+            message = f"{self.label}: queue is full ({limit} requests waiting)"
+            raise QueueFullError(message, retry_after_s=self.batcher.retry_after_s())

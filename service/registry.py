@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from service import repository
@@ -101,13 +102,16 @@ class Registry:
         """Server readiness: not draining, and every model has a ready version."""
         return not self.closing and all(any(m.ready for m in vs.values()) for vs in self._models.values())
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Run a validated request; a version-less one caught by a version swap retries on the new default."""
+    async def infer(self, request: InferRequest, gone: Callable[[], bool] | None = None) -> InferResponse:
+        """Run a validated request; a version-less one caught by a version swap retries on the new default.
+
+        `gone` tells whether the client has left; such a request is dropped before it runs.
+        """
         if self.closing:
             raise ShuttingDownError()
         model = self.get(request.model, request.version)
         try:
-            return await self._run(model, request)
+            return await self._run(model, request, gone)
         except (ShuttingDownError, ModelNotReadyError):
             if self.closing or request.pinned:
                 raise
@@ -117,9 +121,9 @@ class Registry:
             if retry.inputs != model.inputs or retry.outputs != model.outputs:
                 validate(request, retry.inputs, retry.outputs, _max_rows(retry), retry.label)
             request.version = retry.version
-            return await self._run(retry, request)
+            return await self._run(retry, request, gone)
 
-    async def _run(self, model: LoadedModel, request: InferRequest) -> InferResponse:
+    async def _run(self, model: LoadedModel, request: InferRequest, gone: Callable[[], bool] | None) -> InferResponse:
         """Queue for a batch; the outcome counts in the version's stats."""
         batcher, limits = model.batcher, model.limits
         if model.state is not ModelState.READY or batcher is None or limits is None:
@@ -128,7 +132,7 @@ class Registry:
         queue_deadline = time.monotonic() + limits.queue_timeout_ms / 1000 if limits.queue_timeout_ms > 0 else None
         try:
             produced = await batcher.submit(
-                request.inputs, rows=request.rows, deadline=request.deadline, queue_deadline=queue_deadline
+                request.inputs, rows=request.rows, deadline=request.deadline, queue_deadline=queue_deadline, gone=gone
             )
         except ServiceError:
             model.stats.request_finished(False, started)
