@@ -65,8 +65,8 @@ def cuda_provider_options(options: RuntimeOptions) -> dict[str, str | int]:
     """The CUDA provider's options: the device, and with a budget this session's share as its arena limit.
 
     `gpu_mem_limit` caps ONNX Runtime's memory arena (bytes); `kSameAsRequested` grows the arena by what a run asks
-    for instead of doubling, so that a budget is not lost to rounding. The CUDA context and cuDNN workspaces lie
-    outside the arena.
+    for, instead of doubling, so that a budget is not lost to rounding. The CUDA context and the cuBLAS/cuDNN handles
+    lie outside the arena.
     """
     provider: dict[str, str | int] = {"device_id": options.gpu_device_id}
     if options.gpu_memory_bytes > 0:

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service import repository
-from service.errors import ModelLoadError
+from service.errors import ModelLoadError, OutOfMemoryError
 from service.loading import Loader
 from service.metrics import Metrics
 from service.model import LoadedModel, ModelState
@@ -194,3 +194,27 @@ async def test_on_a_host_without_gpus_the_model_gets_one_cpu_session_as_before(t
     assert len(opened) == 1
     assert (opened[0].gpu_memory_bytes, opened[0].model_devices) == (0, ())
     assert budget(metrics, "cuda:0") is None
+
+
+class RunsOutOfMemory(GpuStandIn):
+    """Answers like a GPU session whose memory arena is too small for batches above 4 rows."""
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if len(inputs["x"]) > 4:
+            raise OutOfMemoryError("the model ran out of device memory for this batch")
+        return super().predict(inputs)
+
+
+async def test_a_warm_up_that_runs_out_of_memory_fails_the_load_saying_what_to_change(tmp_path: Path) -> None:
+    source = write_model(tmp_path, "cnn", gpu_memory_mb=64, max_batch_size=32)
+
+    def runtime_loader(fmt: str, artifact: Path, options: RuntimeOptions) -> RunsOutOfMemory:
+        return RunsOutOfMemory(artifact, options)
+
+    with loader_for(tmp_path, runtime_loader, GPUS) as (loader, metrics):
+        async with loaded(loader, source) as model:
+            assert model.reason == (
+                "load failed: warm-up at 32 rows ran out of memory on cuda:0: "
+                "raise gpu_memory_mb or lower max_batch_size in model.json"
+            )
+        assert budget(metrics, "cuda:0") == 0
