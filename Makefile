@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 MODELS ?= models
 
-.PHONY: serve test lint examples bench clean
+.PHONY: serve test lint examples bench gpu-bench clean
 
 $(BIN)/tandem: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(BIN)/tandem lint
 bench: $(BIN)/tandem
 	@test -d $(MODELS)/digits_mlp || $(MAKE) examples
 	$(BIN)/python -m benchmarks.run --models $(MODELS)
+
+# The GPU run (docs/benchmarks.md, "GPU"): exits 0 saying it measured nothing where there is no GPU.
+gpu-bench: $(BIN)/tandem
+	$(BIN)/python scripts/gpu_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache

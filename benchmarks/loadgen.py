@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,12 +48,11 @@ class Result:
         )
 
 
-def build_request(host: str, port: int, path: str, body: bytes) -> bytes:
-    """One raw POST request with a JSON body."""
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
+def build_request(host: str, port: int, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> bytes:
+    """One raw POST request; a JSON body unless `headers` name another Content-Type."""
+    fields = {"Content-Type": "application/json", **(headers or {})}
+    extra = "".join(f"{name}: {value}\r\n" for name, value in fields.items())
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
     return head.encode() + body
 
 
@@ -86,10 +85,17 @@ async def _client(host: str, port: int, request: bytes, stop_at: float, result: 
 
 
 async def run(
-    host: str, port: int, path: str, body: bytes, concurrency: int, seconds: float, warmup_s: float = 2.0
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    concurrency: int,
+    seconds: float,
+    warmup_s: float = 2.0,
+    headers: Mapping[str, str] | None = None,
 ) -> Result:
     """Drive `concurrency` connections for warmup_s + seconds; only the measured window counts."""
-    request = build_request(host, port, path, body)
+    request = build_request(host, port, path, body, headers)
     start = time.perf_counter()
     result = Result(concurrency, seconds)
     warmup_until = start + warmup_s

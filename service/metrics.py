@@ -72,6 +72,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.gpu_memory_budget = Gauge(
+            "tandem_gpu_memory_budget_bytes",
+            "GPU memory budgeted (model.json gpu_memory_mb) to the model versions loaded on each GPU.",
+            ("device",),
+            registry=registry,
+        )
         self.request_body_bytes = Histogram(
             "tandem_request_body_bytes",
             "Decoded request body size.",

@@ -106,6 +106,13 @@ def test_a_full_model_json_is_read(tmp_path: Path) -> None:
     assert config.max_concurrent_batches == 2
 
 
+def test_placement_keys_are_read(tmp_path: Path) -> None:
+    written = {"device": "cuda", "devices": [1, 0], "instances": 2, "gpu_memory_mb": 4096}
+    config = read_config(make_model(tmp_path, "m", ["1"], written))
+    assert (config.devices, config.instances, config.gpu_memory_mb) == ([1, 0], 2, 4096)
+    assert (ModelConfig().devices, ModelConfig().instances, ModelConfig().gpu_memory_mb) == (None, 1, None)
+
+
 def test_an_unknown_key_in_model_json_is_an_error_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError, match=r"max_batch_sise"):
         read_config(make_model(tmp_path, "m", ["1"], {"max_batch_sise": 8}))
@@ -143,6 +150,16 @@ def test_a_model_json_error_is_recorded_on_the_source_not_raised_by_scan(tmp_pat
         ({"version_labels": {"bad-label": 1}}, "bad-label"),
         ({"version_labels": {"stable": 0}}, "stable"),
         ({"device": "tpu"}, "device"),
+        ({"devices": []}, r"devices: .*non-empty list of distinct GPU indices"),
+        ({"devices": [0, -1]}, "devices"),
+        ({"devices": [1, 1]}, "devices"),
+        ({"devices": "0"}, "devices"),
+        ({"instances": 0}, "instances"),
+        ({"instances": 17}, "instances"),
+        ({"gpu_memory_mb": 0}, "gpu_memory_mb"),
+        ({"device": "cpu", "devices": [0]}, "device 'cpu' takes no devices, instances or gpu_memory_mb"),
+        ({"device": "cpu", "instances": 2}, "device 'cpu' takes no"),
+        ({"device": "cpu", "gpu_memory_mb": 512}, "device 'cpu' takes no"),
     ],
 )
 def test_invalid_model_json_is_an_error_naming_the_field(
