@@ -32,6 +32,7 @@ from service.errors import (
     error_body_torchserve,
     error_body_v2,
 )
+from service.engine import Engine
 from service.metrics import Metrics
 from service.registry import Registry, RuntimeLoader
 from service.runtimes import load_runtime
@@ -49,7 +50,8 @@ def create_app(settings: Settings, loader: RuntimeLoader = load_runtime) -> Fron
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = Metrics(CollectorRegistry())
         registry = Registry(settings, metrics, loader)
-        app.state.settings, app.state.metrics, app.state.engine = settings, metrics, registry
+        engine: Engine = registry
+        app.state.settings, app.state.metrics, app.state.engine = settings, metrics, engine
         await registry.load_all()
         # Objects made while loading (runtimes, TensorFlow graphs) live as long as the process: keep them out of
         # the collector's generations so full collections stay short under load (p99 latency).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from service.errors import QueueFullError
 from service.repository import ModelConfig
@@ -56,6 +56,85 @@ class Limits:
             request_timeout_ms=pick("request_timeout_ms"),
             max_concurrent_batches=int(pick("max_concurrent_batches")),
         )
+
+
+class StatsInfo(Protocol):
+    """What the routes read and feed of a version's statistics."""
+
+    def request_finished(self, ok: bool, started_ns: int) -> None:
+        """One request left the model."""
+        ...
+
+    def as_json(self, name: str, version: int) -> dict[str, Any]:
+        """One entry of {"model_stats": [...]}."""
+        ...
+
+
+class ModelInfo(Protocol):
+    """One model version as the routes see it: a LoadedModel in-process, a snapshot of one in a worker process."""
+
+    name: str
+    version: int
+    config: ModelConfig
+    state: ModelState
+    reason: str | None
+    limits: Limits | None
+    loaded_at: float
+    admitting: int
+
+    @property
+    def stats(self) -> StatsInfo:
+        """Cumulative statistics."""
+        ...
+
+    @property
+    def label(self) -> str:
+        """How messages name this version."""
+        ...
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """Input signature."""
+        ...
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        """Output signature."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """Whether the version takes requests."""
+        ...
+
+    @property
+    def format(self) -> str | None:
+        """Artifact format."""
+        ...
+
+    @property
+    def device(self) -> str | None:
+        """Where it runs; None until loaded."""
+        ...
+
+    @property
+    def degraded(self) -> bool | None:
+        """GPU wanted, CPU used."""
+        ...
+
+    @property
+    def signature_name(self) -> str | None:
+        """The served signature."""
+        ...
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting to join a batch."""
+        ...
+
+    def admit(self) -> None:
+        """Refuse (503) before the body is read when the queue is full."""
+        ...
 
 
 @dataclass(eq=False)

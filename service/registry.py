@@ -224,6 +224,13 @@ class Registry:
         """A repository model by name (never by path or URL), read off the event loop."""
         return await asyncio.to_thread(repository.find_model, self.settings.models_dir, name)
 
+    async def in_repository(self, name: str) -> bool:
+        """Whether the repository holds a model of that name."""
+        return await self.find(name) is not None
+
+    async def sync(self) -> None:
+        """Nothing to fetch: this engine is in-process (a remote engine refreshes its snapshot here)."""
+
     async def repository_names(self) -> set[str]:
         """Every model name in the repository, loaded or not; empty when it cannot be read."""
         try:
@@ -231,10 +238,16 @@ class Registry:
         except (repository.RepositoryError, OSError):
             return set()
 
-    async def load(
+    async def load(self, name: str) -> LoadedModel:
+        """(Re)load a repository model by name; 404 when the repository has none, 400 when no version comes up."""
+        source = await self.find(name)
+        if source is None:
+            raise ModelNotFoundError(f"model '{name}' not found in the repository")
+        return await self._load(source)
+
+    async def _load(
         self, source: ModelSource, overrides: dict[str, float] | None = None, workers: int | None = None
     ) -> LoadedModel:
-        """(Re)load a repository model and return its default version; 400 with the reason when none comes up."""
         was_serving = self.serving(source.name)
         models = await self.load_source(source, overrides)
         ready = [m for m in models if m.ready]
@@ -245,7 +258,7 @@ class Registry:
             self.registered.add(source.name)
         if workers == 0:
             for model in ready:
-                self.scale(model, 0)
+                self.scale(model.name, model.version, 0)
         return self.get(source.name)
 
     async def register(
@@ -262,11 +275,11 @@ class Registry:
             raise BadRequestError(f"batch_size {int(size)} is below the model's preferred_batch_sizes {preferred}")
         self.registered.add(name)
         if wait:
-            return await self.load(source, overrides, workers)
+            return await self._load(source, overrides, workers)
 
         async def load() -> None:
             try:
-                await self.load(source, overrides, workers)
+                await self._load(source, overrides, workers)
             except Exception as exc:  # nobody awaits an asynchronous registration: log how it ended
                 log.error("asynchronous registration of model %s failed: %s", name, exc)
 
@@ -279,8 +292,9 @@ class Registry:
         """Whether any version of `name` takes requests."""
         return any(m.ready for m in self._models.get(name, {}).values())
 
-    def scale(self, model: LoadedModel, workers: int) -> None:
+    def scale(self, name: str, version: int, workers: int) -> None:
         """Set the batches the version may run at once; 0 pauses it (its requests get 503)."""
+        model = self.get(name, version)
         if model.batcher is None or model.limits is None or not model.ready:
             raise ModelNotReadyError(f"{model.label} is not ready: {model.reason or model.state.value.lower()}")
         model.batcher.set_max_concurrent_batches(workers)

@@ -29,7 +29,7 @@ from service.repository import MODEL_NAME
 if TYPE_CHECKING:
     from service.engine import Engine
     from service.metrics import Metrics
-    from service.model import Limits, LoadedModel
+    from service.model import Limits, ModelInfo
     from service.settings import Settings
 
 JSON = "application/json"
@@ -181,7 +181,7 @@ def check_name(name: str) -> str:
     return name
 
 
-def not_ready(model: LoadedModel) -> ModelNotReadyError:
+def not_ready(model: ModelInfo) -> ModelNotReadyError:
     """The 503 for a version that cannot serve, with its reason."""
     return ModelNotReadyError(f"{model.label} is not ready: {model.reason or model.state.value.lower()}")
 

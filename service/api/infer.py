@@ -24,10 +24,10 @@ from service.api.http import (
 )
 from service.errors import ModelNotFoundError, ServiceError
 from service.inference import InferRequest, InferResponse, validate
-from service.model import LoadedModel
+from service.model import ModelInfo
 
 # decode(body, headers, model, max_body_bytes) -> the request and what the encoder needs to answer it
-Decode = Callable[[bytes, Mapping[str, str], LoadedModel, int], tuple[InferRequest, Any]]
+Decode = Callable[[bytes, Mapping[str, str], ModelInfo, int], tuple[InferRequest, Any]]
 # encode(response, what decode kept) -> the HTTP response
 Encode = Callable[[InferResponse, Any], Response]
 
@@ -78,7 +78,7 @@ async def infer(
     return answer
 
 
-async def _decoded(request: Request, dialect: Dialect, model: LoadedModel) -> tuple[InferRequest, Any]:
+async def _decoded(request: Request, dialect: Dialect, model: ModelInfo) -> tuple[InferRequest, Any]:
     """Read, decode and validate the body against the version's signature."""
     max_bytes = settings(request).max_body_bytes
     body = await read_body(request, max_bytes, decompress=dialect.decompress)
