@@ -23,6 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from service.api import health, management, tfserving, torchserve, v2, v2_repository
 from service.api.http import finish_error, json_response
+from service.engine import Engine
 from service.errors import (
     BadRequestError,
     InternalError,
@@ -32,8 +33,7 @@ from service.errors import (
     error_body_torchserve,
     error_body_v2,
 )
-from service.engine import Engine
-from service.metrics import Metrics
+from service.metrics import Metrics, exposition
 from service.registry import Registry, RuntimeLoader
 from service.runtimes import load_runtime
 from service.settings import Settings
@@ -43,11 +43,19 @@ TORCHSERVE_PREFIXES = ("/ping", "/predictions", "/models")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def create_app(settings: Settings, loader: RuntimeLoader = load_runtime) -> FrontDoor:
-    """Build the ASGI app; nothing is loaded until the lifespan starts."""
+def create_app(settings: Settings, loader: RuntimeLoader = load_runtime, engine_path: str | None = None) -> FrontDoor:
+    """Build the ASGI app; nothing is loaded until the lifespan starts.
+
+    With `engine_path`, this is one of several worker processes: the models live in the engine process
+    listening there, and this process never imports a runtime.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if engine_path is not None:
+            async with _remote(app, settings, engine_path):
+                yield
+            return
         metrics = Metrics(CollectorRegistry())
         registry = Registry(settings, metrics, loader)
         engine: Engine = registry
@@ -76,6 +84,24 @@ def create_app(settings: Settings, loader: RuntimeLoader = load_runtime) -> Fron
     return FrontDoor(app)
 
 
+@contextlib.asynccontextmanager
+async def _remote(app: FastAPI, settings: Settings, engine_path: str) -> AsyncIterator[None]:
+    """A worker process's lifespan: connect to the engine; the engine loads, drains and frees the models."""
+    from service.ipc.client import RemoteEngine
+
+    remote = RemoteEngine(engine_path)
+    app.state.settings, app.state.metrics, app.state.engine = settings, Metrics(CollectorRegistry()), remote
+    await remote.connect()
+    gc.collect()
+    gc.freeze()
+    app.state.started = True
+    try:
+        yield
+    finally:
+        app.state.started = False
+        await remote.close()
+
+
 def _routers() -> list[Any]:
     # v2_repository first: its /v2/models/stats must win over v2's /v2/models/{name}.
     routers = [health.router, v2_repository.router, v2.router, tfserving.router, torchserve.router, management.router]
@@ -83,7 +109,7 @@ def _routers() -> list[Any]:
 
 
 async def _metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+    return Response(generate_latest(exposition(request.app.state.metrics)), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
 def error_response(request: Request, err: ServiceError) -> Response:

@@ -69,8 +69,13 @@ def serve(argv: list[str]) -> int:
     from service.app import create_app
 
     settings = load_settings(argv)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     check_startup(settings)
+    workers = worker_count(settings.workers)
+    if workers > 1:
+        from service import workers as supervisor
+
+        return supervisor.run(settings, workers)
     # uvicorn drains on SIGTERM, then re-raises the signal under the handler it found: make that a clean exit.
     signal.signal(signal.SIGTERM, _exit_after_drain)
     uvicorn.run(
@@ -83,6 +88,18 @@ def serve(argv: list[str]) -> int:
         server_header=False,
     )
     return 0
+
+
+def configure_logging(settings: Settings) -> None:
+    """One format for every process of the server."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def worker_count(workers: str) -> int:
+    """The number of HTTP worker processes: a positive number, or `auto` for the CPUs this process may use."""
+    from service.runtimes import available_cpus
+
+    return available_cpus() if workers == "auto" else int(workers)
 
 
 def _exit_after_drain(signum: int, frame: object) -> None:

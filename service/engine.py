@@ -81,10 +81,10 @@ class Engine(Protocol):
         """Whether any version of the model takes requests."""
         ...
 
-    def scale(self, name: str, version: int, workers: int) -> None:
+    async def scale(self, name: str, version: int, workers: int) -> None:
         """Set the batches a version may run at once; 0 pauses it."""
         ...
 
-    def set_default(self, name: str, version: int) -> None:
+    async def set_default(self, name: str, version: int) -> None:
         """Pin the version that version-less requests use."""
         ...

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from service.errors import QueueFullError
+from service.errors import ModelNotReadyError, QueueFullError, VersionNotFoundError
 from service.repository import ModelConfig
 from service.stats import ModelStats
 from service.tensors import TensorSpec
@@ -210,3 +211,28 @@ class LoadedModel:
             self.stats.request_finished(False, time.perf_counter_ns())
             message = f"{self.label}: queue is full ({limit} requests waiting)"
             raise QueueFullError(message, retry_after_s=self.batcher.retry_after_s())
+
+
+Version = TypeVar("Version", bound="ModelInfo")
+
+
+def resolve(
+    name: str, versions: Mapping[int, Version], version: int | None, label: str | None, pinned: int | None
+) -> Version:
+    """The version asked (by number or `version_labels` label), else the pinned default, else the highest READY."""
+    if label is not None:
+        version = next(iter(versions.values())).config.version_labels.get(label)
+        if version is None or version not in versions:
+            raise VersionNotFoundError(f"model '{name}' has no label '{label}'")
+    if version is not None:
+        try:
+            return versions[version]
+        except KeyError:
+            raise VersionNotFoundError(f"model '{name}' has no version {version}") from None
+    if pinned is not None and pinned in versions:
+        return versions[pinned]
+    ready = [v for v, m in versions.items() if m.ready]
+    if ready:
+        return versions[max(ready)]
+    latest = versions[max(versions)]
+    raise ModelNotReadyError(f"model '{name}' has no ready version ({latest.reason or latest.state.value})")

@@ -23,7 +23,7 @@ from service.errors import (
 from service.inference import InferRequest, InferResponse, select, validate
 from service.loading import Loader, RuntimeLoader
 from service.metrics import Metrics
-from service.model import LoadedModel, ModelState
+from service.model import LoadedModel, ModelState, resolve
 from service.repository import ModelConfig, ModelSource
 from service.runtimes import load_runtime
 from service.settings import Settings
@@ -47,6 +47,7 @@ class Registry:
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self.registered: set[str] = set()  # models loaded through the control API rather than at start-up
+        self.listeners: list[Callable[[], None]] = []  # told after every change of what is loaded or its state
         self.closing = False
 
     # ----- lookups (hot path) -------------------------------------------------------------------
@@ -63,24 +64,7 @@ class Registry:
 
     def get(self, name: str, version: int | None = None, label: str | None = None) -> LoadedModel:
         """The asked version (or the one a `version_labels` label names), else the pinned default, else the latest."""
-        versions = self.versions(name)
-        if label is not None:
-            version = next(iter(versions.values())).config.version_labels.get(label)
-            if version is None or version not in versions:
-                raise VersionNotFoundError(f"model '{name}' has no label '{label}'")
-        if version is not None:
-            try:
-                return versions[version]
-            except KeyError:
-                raise VersionNotFoundError(f"model '{name}' has no version {version}") from None
-        pinned = self._default.get(name)
-        if pinned is not None and pinned in versions:
-            return versions[pinned]
-        ready = [v for v, m in versions.items() if m.ready]
-        if ready:
-            return versions[max(ready)]
-        latest = versions[max(versions)]
-        raise ModelNotReadyError(f"model '{name}' has no ready version ({latest.reason or latest.state.value})")
+        return resolve(name, self.versions(name), version, label, self._default.get(name))
 
     def describe(self, name: str, version: int | None = None) -> LoadedModel:
         """Like get, but a model with no ready version gives its highest version (to report why) instead of 503."""
@@ -109,19 +93,29 @@ class Registry:
         """
         if self.closing:
             raise ShuttingDownError()
-        model = self.get(request.model, request.version)
+        model = self.versions(request.model).get(request.version)
+        if model is None or not model.ready:  # retired since the request was validated (another process's view)
+            if request.pinned:
+                model = self.get(request.model, request.version)
+            else:
+                model = self._switch(request, model)
         try:
             return await self._run(model, request, gone)
         except (ShuttingDownError, ModelNotReadyError):
             if self.closing or request.pinned:
                 raise
-            retry = self.get(request.model)
+            retry = self._switch(request, model)
             if retry is model:
                 raise
-            if retry.inputs != model.inputs or retry.outputs != model.outputs:
-                validate(request, retry.inputs, retry.outputs, _max_rows(retry), retry.label)
-            request.version = retry.version
             return await self._run(retry, request, gone)
+
+    def _switch(self, request: InferRequest, old: LoadedModel | None) -> LoadedModel:
+        """Move a version-less request to the current default, validating it again if the signature changed."""
+        model = self.get(request.model)
+        if old is None or model.inputs != old.inputs or model.outputs != old.outputs:
+            validate(request, model.inputs, model.outputs, _max_rows(model), model.label)
+        request.version = model.version
+        return model
 
     async def _run(self, model: LoadedModel, request: InferRequest, gone: Callable[[], bool] | None) -> InferResponse:
         """Queue for a batch; the outcome counts in the version's stats."""
@@ -166,6 +160,7 @@ class Registry:
                 await self._retire(current.pop(version))
             if self._default.get(source.name) not in current:
                 self._default.pop(source.name, None)
+            self.changed()
             return [current[v] for v in wanted if v in current]
 
     async def poll_forever(self) -> None:
@@ -202,10 +197,12 @@ class Registry:
             if not versions:
                 del self._models[name]
                 self.registered.discard(name)
+            self.changed()
 
     async def close(self, timeout_s: float) -> None:
         """Drain every batcher (bounded by timeout_s), then free runtimes and threads."""
         self.closing = True
+        self.changed()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*(self._retire(m, timeout_s) for m in self.all_models()))
@@ -218,6 +215,7 @@ class Registry:
         model.state = ModelState.UNAVAILABLE
         model.reason = model.reason or "unloaded"
         self._loader.close_runtime(model)
+        self.changed()
 
     # ----- control operations (the HTTP and gRPC control routes parse, then call these) ----------
     async def find(self, name: str) -> ModelSource | None:
@@ -258,7 +256,7 @@ class Registry:
             self.registered.add(source.name)
         if workers == 0:
             for model in ready:
-                self.scale(model.name, model.version, 0)
+                self._scale(model.name, model.version, 0)
         return self.get(source.name)
 
     async def register(
@@ -292,19 +290,33 @@ class Registry:
         """Whether any version of `name` takes requests."""
         return any(m.ready for m in self._models.get(name, {}).values())
 
-    def scale(self, name: str, version: int, workers: int) -> None:
+    async def scale(self, name: str, version: int, workers: int) -> None:
         """Set the batches the version may run at once; 0 pauses it (its requests get 503)."""
+        self._scale(name, version, workers)
+
+    def _scale(self, name: str, version: int, workers: int) -> None:
         model = self.get(name, version)
         if model.batcher is None or model.limits is None or not model.ready:
             raise ModelNotReadyError(f"{model.label} is not ready: {model.reason or model.state.value.lower()}")
         model.batcher.set_max_concurrent_batches(workers)
         model.limits = dataclasses.replace(model.limits, max_concurrent_batches=workers)
+        self.changed()
 
-    def set_default(self, name: str, version: int) -> None:
+    async def set_default(self, name: str, version: int) -> None:
         """Pin the version that version-less URLs use, in every dialect."""
         if version not in self.versions(name):
             raise VersionNotFoundError(f"model '{name}' has no version {version}")
         self._default[name] = version
+        self.changed()
+
+    def changed(self) -> None:
+        """Tell the listeners (a worker-process bridge) that what is loaded, or its state, changed."""
+        for listener in self.listeners:
+            listener()
+
+    def snapshot(self) -> tuple[dict[str, dict[int, LoadedModel]], dict[str, int]]:
+        """Every version by name, and the default pins: what another process needs to answer lookups."""
+        return self._models, self._default
 
 
 def _is_ready(model: LoadedModel | None) -> bool:

@@ -161,7 +161,7 @@ async def scale_workers(request: Request, name: str, version: str | None = None)
     if high >= 0 and high < low:
         raise BadRequestError(f"max_worker {high} is below min_worker {low}")
     _int(query.get("timeout"), "timeout", default=-1, low=-1)
-    found.scale(model.name, model.version, low)
+    await found.scale(model.name, model.version, low)
     if not _bool(query.get("synchronous"), "synchronous"):
         return json_response({"status": "Processing worker updates..."}, status_code=202)
     suffix = f", version: {model.version}" if version is not None else ""
@@ -174,7 +174,7 @@ async def set_default(request: Request, name: str, version: str) -> Response:
     require_control(request)
     found = engine(request)
     model = lookup(found, check_name(name), parse_version(version, name))
-    found.set_default(name, model.version)
+    await found.set_default(name, model.version)
     return json_response({"status": f'Default version successfully updated for model "{name}" to "{model.version}"'})
 
 

@@ -185,13 +185,13 @@ async def test_the_default_pin_governs_version_less_requests(tmp_path: Path) -> 
         write_fake_model(tmp_path, "m", version, config={"version_policy": "all"})
     async with loaded(tmp_path) as registry:
         assert registry.default_version("m") is None
-        registry.set_default("m", 1)
+        await registry.set_default("m", 1)
         assert registry.default_version("m") == 1
         assert registry.get("m").version == 1
         _, out = await infer(registry, "m", None, rows(1), None)
         assert out["version"].tolist() == [1]
         with pytest.raises(VersionNotFoundError):
-            registry.set_default("m", 5)
+            await registry.set_default("m", 5)
         await registry.unload("m", 1)  # removing the pinned version clears the pin
         assert registry.default_version("m") is None
         assert registry.get("m").version == 2
