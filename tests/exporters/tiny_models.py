@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 TINY_CONSTANT = 3  # not a factory
+
+
+class Scored(NamedTuple):
+    """A named-tuple result: its fields name the outputs."""
+
+    scores: torch.Tensor
+    mask_count: torch.Tensor
 
 
 class TwoInOut(nn.Module):
@@ -122,3 +129,47 @@ def make_keras_two_inputs() -> Any:
     scores = keras.layers.Dense(2, activation="softmax", name="scores")(hidden)
     value = keras.layers.Dense(1, name="value")(hidden)
     return keras.Model([features, sequence], [scores, value])
+
+
+class DictScores(nn.Module):
+    """Takes one dict of inputs (features and a boolean mask), returns a named tuple of two outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Scored:
+        scores = self.linear(batch["features"]).masked_fill(~batch["mask"][:, :3], 0.0)
+        return Scored(scores, batch["mask"].float().sum(1, keepdim=True))
+
+
+class KeywordScores(nn.Module):
+    """forward(**inputs): keyword-only inputs, a dict of outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.linear(inputs["features"]) * inputs["scale"]}
+
+
+class MaskedMean(nn.Module):
+    """One dict input (values and a boolean mask sharing a length), a dict of outputs: for a .pt2 program."""
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        kept = batch["values"] * batch["mask"]
+        count = batch["mask"].sum(1, keepdim=True).clamp(min=1)
+        return {"mean": kept.sum(1, keepdim=True) / count, "count": count.float()}
+
+
+def make_dict_scores() -> nn.Module:
+    """Dict input with a boolean mask, named-tuple output."""
+    torch.manual_seed(0)
+    return DictScores()
+
+
+def make_keyword_scores() -> nn.Module:
+    """forward(**inputs)."""
+    torch.manual_seed(0)
+    return KeywordScores()
