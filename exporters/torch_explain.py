@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import re
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,13 +112,8 @@ def _fixed_dim(name: str, dim: int, size: int, where: str) -> str:
 
 def _fixed_at(source: Traced) -> str:
     """' at `code` (file, line N)': the user's line that fixed a dynamic dim, as torch.export.draft_export finds it."""
-    import torch
-
     try:
-        with quiet_converter("torch.export", "torch._dynamo", "torch.fx"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            draft = torch.export.draft_export(source.adapter, source._example, dynamic_shapes=source._dynamic_shapes())
-        failures = list(draft._report.failures)  # type: ignore[attr-defined]
+        failures = _draft_failures(source)
     except Exception:  # draft_export is a diagnosis aid; without it the message just has no line
         return ""
     files = _interned_files()
@@ -126,6 +124,29 @@ def _fixed_at(source: Traced) -> str:
             file = files.get(frame.get("filename"), "")
             return f" at `{frame['loc'].strip()}` ({Path(file).name + ', ' if file else ''}line {frame.get('line')})"
     return ""
+
+
+def _draft_failures(source: Traced) -> list[Any]:
+    """torch.export.draft_export's report, its trace log kept in a temp dir that is removed afterwards."""
+    import torch
+    from torch._logging._internal import DTRACE_ENV_VAR
+
+    previous = os.environ.get(DTRACE_ENV_VAR)
+    with tempfile.TemporaryDirectory(prefix="tandem-draft-") as logs, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its log handler leaves its file to the garbage collector: no ResourceWarning
+        os.environ[DTRACE_ENV_VAR] = logs
+        try:
+            with quiet_converter("torch.export", "torch._dynamo", "torch.fx", "torch.__trace"):
+                draft = torch.export.draft_export(
+                    source.adapter, source._example, dynamic_shapes=source._dynamic_shapes()
+                )
+            return list(draft._report.failures)  # type: ignore[attr-defined]
+        finally:
+            if previous is None:
+                os.environ.pop(DTRACE_ENV_VAR, None)
+            else:
+                os.environ[DTRACE_ENV_VAR] = previous
+            gc.collect()
 
 
 def _interned_files() -> dict[Any, str]:
