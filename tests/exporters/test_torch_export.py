@@ -82,7 +82,11 @@ def test_the_report_gives_error_per_output_and_latency_per_batch(two_io: Run) ->
     assert "  dynamic dims: batch (1, 2, 8)" in lines
     assert "  sample file: 5 rows match" in lines
     phases = [line for line in two_io.err.splitlines() if line.endswith("...")]
-    assert phases[:3] == ["loading the PyTorch model...", "tracing with torch.export...", "converting with torch.onnx.export (dynamo)..."]
+    assert phases[:3] == [
+        "loading the PyTorch model...",
+        "tracing with torch.export...",
+        "converting with torch.onnx.export (dynamo)...",
+    ]
     assert "verifying at batch 8..." in phases
 
 
