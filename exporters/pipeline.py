@@ -87,7 +87,7 @@ def verify(source: Source, artifact: Path, checks: Checks, sizes: dict[str, int]
 def _load_failure(exc: Exception, precision: str) -> str:
     cause = exc.__cause__ or exc
     text = str(cause).splitlines()[0][:300] if str(cause).strip() else type(cause).__name__
-    if precision == "bf16" and "implementation" in text.lower():
+    if precision == "bf16":
         return (
             f"the bf16 model does not run on this host's ONNX Runtime providers ({text}); ONNX Runtime's CPU "
             "provider has almost no bf16 kernels: export on a host with the CUDA provider, or use --precision fp16"

@@ -31,18 +31,36 @@ def check_precision(precision: str, fmt: str, reduced_io: bool) -> None:
 def reduce_precision(path: Path, precision: str, keep_io_types: bool) -> None:
     """Convert the float tensors of the ONNX file at `path` in place; FP32 stays at the boundary if asked."""
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     with quiet_converter("onnxruntime.transformers"):
         model = onnx.load(str(path))
+        blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | (_without_bf16(model) if precision == "bf16" else set()))
         try:
-            converted = convert_float_to_float16(model, keep_io_types=keep_io_types)
+            converted = convert_float_to_float16(model, keep_io_types=keep_io_types, op_block_list=blocked)
         except Exception as exc:
             raise ExportError(f"cannot convert the ONNX graph to {precision}: {type(exc).__name__}: {exc}") from exc
         if precision == "bf16":
             _to_bfloat16(converted.graph)
         external = converted.ByteSize() > 1_800_000_000
         onnx.save(converted, str(path), save_as_external_data=external, location=f"{path.name}.data")
+
+
+def _without_bf16(model: Any) -> set[str]:
+    """Ops of the graph whose ONNX schema, at the model's opset, takes no bfloat16: they stay FP32 between casts."""
+    import onnx
+
+    opsets = {entry.domain or "": entry.version for entry in model.opset_import}
+    blocked = set()
+    for op_type in {node.op_type for node in model.graph.node if (node.domain or "") == ""}:
+        try:
+            schema = onnx.defs.get_schema(op_type, opsets.get("", 1), "")
+        except onnx.defs.SchemaError:
+            continue
+        float_constraints = [c for c in schema.type_constraints if "tensor(float)" in c.allowed_type_strs]
+        if any("tensor(bfloat16)" not in c.allowed_type_strs for c in float_constraints):
+            blocked.add(op_type)
+    return blocked
 
 
 def _to_bfloat16(graph: Any) -> None:

@@ -163,6 +163,55 @@ class MaskedMean(nn.Module):
         return {"mean": kept.sum(1, keepdim=True) / count, "count": count.float()}
 
 
+class Encoder(nn.Module):
+    """encoder.layers.0.attn uses an op the ONNX exporter cannot translate: the failure names that module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.ModuleDict({"attn": Eigen(), "norm": nn.LayerNorm(2)})])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layers[0]
+        out: torch.Tensor = layer["norm"](layer["attn"](x))
+        return out
+
+
+class Nested(nn.Module):
+    """A model whose untranslatable op sits deep inside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = Encoder()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.encoder(x)
+        return out
+
+
+class SmallCNN(nn.Module):
+    """Conv, batch norm, pooling and a softmax head on 8x8 images: the fp16 export test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        probabilities: torch.Tensor = self.head(self.features(image).flatten(1)).softmax(-1)
+        return probabilities
+
+
+def make_nested_eigen() -> nn.Module:
+    """Untranslatable op at encoder.layers.0.attn."""
+    return Nested()
+
+
+def make_small_cnn() -> nn.Module:
+    """A small CNN for reduced-precision export."""
+    torch.manual_seed(0)
+    return SmallCNN()
+
+
 def make_dict_scores() -> nn.Module:
     """Dict input with a boolean mask, named-tuple output."""
     torch.manual_seed(0)
@@ -195,12 +244,12 @@ def make_keras_sequential() -> Any:
     )
 
 
-def make_keras_subclassed() -> Any:
-    """Subclassed model built by one call on data: no declared inputs, shapes from the build."""
+def _keras_scorer() -> Any:
     import keras
-    import numpy as np
 
     class Scorer(keras.Model):
+        """Two dense layers, no declared inputs or output names."""
+
         def __init__(self) -> None:
             super().__init__()
             self.hidden = keras.layers.Dense(6, activation="relu")
@@ -210,9 +259,31 @@ def make_keras_subclassed() -> Any:
             return self.head(self.hidden(pixels))
 
     keras.utils.set_random_seed(0)
-    model = Scorer()
+    return Scorer()
+
+
+def make_keras_subclassed() -> Any:
+    """Subclassed model built by one call on data: no declared inputs, shapes from the build."""
+    import numpy as np
+
+    model = _keras_scorer()
     model(np.zeros((2, 4), dtype="float32"))
     return model
+
+
+def make_keras_unbuilt() -> Any:
+    """The same subclassed model, never called: its input shapes are unknown."""
+    return _keras_scorer()
+
+
+def make_keras_lookup() -> Any:
+    """IntegerLookup (a hash table) in front of a Dense layer."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((3,), name="ids", dtype="int64")
+    lookup = keras.layers.IntegerLookup(vocabulary=[3, 5, 7, 9], output_mode="multi_hot")(ids)
+    return keras.Model(ids, keras.layers.Dense(2, name="scores")(lookup))
 
 
 def make_keras_preprocessing() -> Any:
