@@ -136,7 +136,7 @@ def _draft_failures(source: Traced) -> list[Any]:
         warnings.simplefilter("ignore")  # its log handler leaves its file to the garbage collector: no ResourceWarning
         os.environ[DTRACE_ENV_VAR] = logs
         try:
-            with quiet_converter("torch.export", "torch._dynamo", "torch.fx", "torch.__trace"):
+            with quiet_converter("torch.export", "torch._dynamo", "torch.fx"):
                 draft = torch.export.draft_export(
                     source.adapter, source._example, dynamic_shapes=source._dynamic_shapes()
                 )

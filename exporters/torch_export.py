@@ -189,6 +189,7 @@ class TorchSource:
         # A ScriptModule is exported as it is; a Python module through the adapter that flattens its I/O.
         module = self.model if isinstance(self.model, torch.jit.ScriptModule) else self.adapter
         with quiet_converter("torch.onnx"), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("ignore", UserWarning)  # the converter's notes (e.g. on ScriptModule signatures)
             warnings.simplefilter("always", _TRACER_WARNING)
             torch.onnx.export(
                 module,
