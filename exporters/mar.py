@@ -1,4 +1,4 @@
-"""Read a TorchServe .mar archive without trusting it: checked names and sizes, nothing unpickled, no handler run."""
+"""Read a TorchServe .mar archive without trusting it: checked names and sizes, no pickle loaded, no handler run."""
 
 from __future__ import annotations
 

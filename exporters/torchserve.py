@@ -1,6 +1,6 @@
 """`tandem import torchserve MODEL.mar`: a TorchScript or ONNX model from a TorchServe archive, verified, as a version.
 
-The archive's handler is never run or imported, and nothing in the archive is unpickled: an eager checkpoint is
+The archive's handler is never run or imported, and nothing in it goes through Python's pickle: an eager checkpoint is
 refused with the `tandem export torch` line that would export it from the model's code.
 """
 
