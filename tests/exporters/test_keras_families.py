@@ -14,10 +14,11 @@ import pytest
 
 from exporters.keras_export import prepare_tensorflow
 from service.repository import read_config
-from tests.exporters import tiny_models
-from tests.exporters.conftest import TINY, Run, assert_close, assert_nothing_written, export, infer
+from tests.exporters import tiny_keras
+from tests.exporters.conftest import Run, assert_close, assert_nothing_written, export, infer
 from tests.server import ServerProcess
 
+KERAS = "tests.exporters.tiny_keras"
 # name in the repository -> (factory, format, extra flags)
 EXPORTS: dict[str, tuple[str, str, list[str]]] = {
     "seq_sm": ("make_keras_sequential", "savedmodel", []),
@@ -39,7 +40,16 @@ def runs(repository: Path) -> dict[str, Run]:
     prepare_tensorflow()
     return {
         name: export(
-            "keras", "--model", f"{TINY}:{factory}", "--format", fmt, *flags, "--name", name, "--repository", repository
+            "keras",
+            "--model",
+            f"{KERAS}:{factory}",
+            "--format",
+            fmt,
+            *flags,
+            "--name",
+            name,
+            "--repository",
+            repository,
         )
         for name, (factory, fmt, flags) in EXPORTS.items()
     }
@@ -56,7 +66,7 @@ def features(batch: int) -> np.ndarray:
 
 
 def keras_predict(factory: str, arrays: np.ndarray) -> np.ndarray:
-    model: Any = getattr(tiny_models, factory)()
+    model: Any = getattr(tiny_keras, factory)()
     return np.asarray(model(arrays, training=False))
 
 
@@ -105,21 +115,21 @@ def test_each_export_serves_what_keras_computes(server: ServerProcess, name: str
 
 
 def test_an_unbuilt_subclassed_model_is_told_what_to_pass(tmp_path: Path) -> None:
-    run = export("keras", "--model", f"{TINY}:make_keras_unbuilt", "--name", "m", "--repository", tmp_path)
+    run = export("keras", "--model", f"{KERAS}:make_keras_unbuilt", "--name", "m", "--repository", tmp_path)
     assert run.code == 1
     assert "(Scorer) has never been called on data, so its input shapes are unknown" in run.error
     assert run.error.endswith("--input pixels:float32:-1,<dims>")
     assert_nothing_written(tmp_path, "m")
-    given = export("keras", "--model", f"{TINY}:make_keras_unbuilt", "--input", "pixels:float32:-1,4", "--name", "m",
+    given = export("keras", "--model", f"{KERAS}:make_keras_unbuilt", "--input", "pixels:float32:-1,4", "--name", "m",
                    "--format", "onnx", "--repository", tmp_path)  # fmt: skip
     assert given.code == 0, given.err
 
 
 def test_a_lookup_table_is_refused_for_onnx_with_the_way_out(tmp_path: Path) -> None:
-    run = export("keras", "--model", f"{TINY}:make_keras_lookup", "--format", "onnx", "--name", "m",
+    run = export("keras", "--model", f"{KERAS}:make_keras_lookup", "--format", "onnx", "--name", "m",
                  "--repository", tmp_path)  # fmt: skip
     assert run.code == 1
     assert "StringLookup/IntegerLookup tables do not convert to ONNX; export to SavedModel" in run.error
     assert_nothing_written(tmp_path, "m")
-    savedmodel = export("keras", "--model", f"{TINY}:make_keras_lookup", "--name", "m", "--repository", tmp_path)
+    savedmodel = export("keras", "--model", f"{KERAS}:make_keras_lookup", "--name", "m", "--repository", tmp_path)
     assert savedmodel.code == 0, savedmodel.err

@@ -157,7 +157,16 @@ def test_bf16_without_a_gpu_says_where_it_can_run(tmp_path: Path) -> None:
     ],
 )
 def test_precision_options_that_cannot_serve_are_refused(tmp_path: Path, flags: list[str], message: str) -> None:
-    run = export("keras", "--model", f"{TINY}:make_keras_sequential", *flags, "--name", "m", "--repository", tmp_path)
+    run = export(
+        "keras",
+        "--model",
+        "tests.exporters.tiny_keras:make_keras_sequential",
+        *flags,
+        "--name",
+        "m",
+        "--repository",
+        tmp_path,
+    )
     assert run.code == 1
     assert message in run.error
 
