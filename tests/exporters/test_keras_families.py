@@ -27,6 +27,7 @@ EXPORTS: dict[str, tuple[str, str, list[str]]] = {
     "sub_onnx": ("make_keras_subclassed", "onnx", ["--output", "logits"]),
     "prep_onnx": ("make_keras_preprocessing", "onnx", []),
     "prep_sm": ("make_keras_preprocessing", "savedmodel", []),
+    "prep16": ("make_keras_preprocessing", "onnx", ["--precision", "fp16"]),
 }
 
 
@@ -105,13 +106,15 @@ def test_preprocessing_constants_stay_inside_the_onnx_graph(runs: dict[str, Run]
         ("sub_onnx", "make_keras_subclassed", "logits"),
         ("prep_onnx", "make_keras_preprocessing", "scores"),
         ("prep_sm", "make_keras_preprocessing", "scores"),
+        ("prep16", "make_keras_preprocessing", "scores"),
     ],
 )
 def test_each_export_serves_what_keras_computes(server: ServerProcess, name: str, factory: str, output: str) -> None:
     arrays = features(3)
     with server.client() as client:
         got = infer(client, name, {"features" if "sub" not in name else "pixels": arrays})
-    assert_close(got, {output: keras_predict(factory, arrays)})
+    tolerance = {"atol": 1e-2, "rtol": 1e-2} if name.endswith("16") else {}
+    assert_close(got, {output: keras_predict(factory, arrays)}, **tolerance)
 
 
 def test_an_unbuilt_subclassed_model_is_told_what_to_pass(tmp_path: Path) -> None:

@@ -63,6 +63,21 @@ def runs(repository: Path) -> dict[str, Run]:
             "cnn16",
             *common,
         ),
+        "cnn16io": export(
+            "torch",
+            "--model",
+            f"{TINY}:make_small_cnn",
+            "--input",
+            "image:float32:-1,1,8,8",
+            "--output",
+            "probabilities",
+            "--precision",
+            "fp16",
+            "--reduced-io",
+            "--name",
+            "cnn16io",
+            *common,
+        ),
     }
 
 
@@ -113,6 +128,18 @@ def test_fp16_keeps_fp32_at_the_boundary_and_reports_where_it_ran(runs: dict[str
     assert "converting the ONNX graph to fp16..." in run.err
     graph = onnx.load(str(repository / "cnn16" / "1" / "model.onnx")).graph
     assert {t.data_type for t in graph.initializer if t.dims and len(t.dims) > 1} == {onnx.TensorProto.FLOAT16}
+
+
+def test_reduced_io_takes_and_gives_fp16(runs: dict[str, Run], repository: Path, server: ServerProcess) -> None:
+    assert runs["cnn16io"].code == 0, runs["cnn16io"].err
+    assert signature(repository, "cnn16io") == ([("image", "FP16", [-1, 1, 8, 8])], [("probabilities", "FP16")])
+    image = np.random.default_rng(5).standard_normal((2, 1, 8, 8)).astype(np.float16)
+    with torch.inference_mode():
+        expected = tiny_models.make_small_cnn().eval()(torch.from_numpy(image.astype(np.float32))).numpy()
+    with server.client() as client:
+        got = infer(client, "cnn16io", {"image": image})
+    assert got["probabilities"].dtype == np.float16
+    assert_close({"p": got["probabilities"].astype(np.float32)}, {"p": expected}, **FP16_TOLERANCE)
 
 
 def test_every_export_serves_what_pytorch_computes(server: ServerProcess) -> None:
