@@ -119,6 +119,11 @@ def _call_parameters(model: Any) -> list[str]:
 
 
 def _unbuilt_message(model: Any) -> str:
+    if getattr(model, "built", False) and len(getattr(model, "_build_shapes_dict", None) or {}) > 1:
+        return (
+            f"the Keras model ({type(model).__name__}) takes several call() arguments "
+            f"({', '.join(_call_parameters(model))}); the exporter passes one: take a dict or a list in call()"
+        )
     names = _call_parameters(model)[:1] or ["x"]
     example = " ".join(f"--input {n}:float32:-1,<dims>" for n in names)
     return (

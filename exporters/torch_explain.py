@@ -30,9 +30,11 @@ class Traced(Protocol):
     inputs: list[Any]
     legacy: bool
     adapter: Any
-    _example: tuple[Any, ...]
+    example: tuple[Any, ...]
 
-    def _dynamic_shapes(self) -> Any: ...
+    def dynamic_shapes(self) -> Any:
+        """torch.export's dynamic_shapes for the adapter."""
+        ...
 
 
 def explain(exc: BaseException, source: Traced, program: Any) -> ExportError:
@@ -98,7 +100,7 @@ def _trace(source: Traced) -> Any:
     try:
         with quiet_converter("torch.export", "torch._dynamo"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.export.export(source.adapter, source._example, dynamic_shapes=source._dynamic_shapes())
+            return torch.export.export(source.adapter, source.example, dynamic_shapes=source.dynamic_shapes())
     except Exception:
         return None
 
@@ -138,7 +140,7 @@ def _draft_failures(source: Traced) -> list[Any]:
         try:
             with quiet_converter("torch.export", "torch._dynamo", "torch.fx"):
                 draft = torch.export.draft_export(
-                    source.adapter, source._example, dynamic_shapes=source._dynamic_shapes()
+                    source.adapter, source.example, dynamic_shapes=source.dynamic_shapes()
                 )
             return list(draft._report.failures)  # type: ignore[attr-defined]
         finally:

@@ -121,9 +121,9 @@ class TorchSource:
         self.adapter = Adapter(self.model, names, call_style(self.model, names)).eval()
         sizes = trace_sizes(inputs, options.get("dim_sizes", {}))
         arrays = random_inputs(inputs, sizes, np.random.default_rng(0))
-        self._example = tuple(torch.from_numpy(arrays[spec.name]) for spec in inputs)
+        self.example = tuple(torch.from_numpy(arrays[spec.name]) for spec in inputs)
         try:
-            result = self._call(self._example)
+            result = self._call(self.example)
         except ExportError as exc:
             if len(sizes) > 2:  # several dynamic dims traced at different sizes: perhaps one shared dim
                 raise ExportError(f"{exc}; {SHARED_DIM_HINT}") from exc
@@ -155,7 +155,7 @@ class TorchSource:
                     self._export_legacy(path)
             else:
                 with step("tracing with torch.export"), quiet_converter("torch.export", "torch._dynamo"):
-                    program = torch.export.export(self.adapter, self._example, dynamic_shapes=self._dynamic_shapes())
+                    program = torch.export.export(self.adapter, self.example, dynamic_shapes=self.dynamic_shapes())
                 with step(f"converting with {self.exporter}"):
                     self._convert(program, path)
         except ExportError:
@@ -164,7 +164,8 @@ class TorchSource:
             raise explain(exc, self, program) from exc
         return path
 
-    def _dynamic_shapes(self) -> tuple[tuple[dict[int, Any], ...]]:
+    def dynamic_shapes(self) -> tuple[tuple[dict[int, Any], ...]]:
+        """torch.export's dynamic_shapes for the adapter's *tensors: every declared dynamic dim, per input."""
         dim = torch.export.Dim.DYNAMIC  # unlike AUTO, DYNAMIC fails loudly when tracing fixes a dim
         return (tuple({i: dim for i, d in enumerate(spec.dims) if isinstance(d, str)} for spec in self.inputs),)
 
@@ -172,7 +173,7 @@ class TorchSource:
         with quiet_converter("torch.onnx"):
             onnx_program = torch.onnx.export(
                 program,
-                self._example,
+                self.example,
                 dynamo=True,
                 input_names=[spec.name for spec in self.inputs],
                 output_names=self.output_names,
@@ -193,7 +194,7 @@ class TorchSource:
             warnings.simplefilter("always", _TRACER_WARNING)
             torch.onnx.export(
                 module,
-                self._example,
+                self.example,
                 str(path),
                 dynamo=False,
                 input_names=[spec.name for spec in self.inputs],
