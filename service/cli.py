@@ -1,4 +1,4 @@
-"""The `tandem` command: `tandem serve` runs the server, `tandem export` hands over to the exporters."""
+"""The `tandem` command: `tandem serve` runs the server; `tandem export` and `tandem import` go to the exporters."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from service.settings import Settings, unknown_env_settings
 
 ALIASES = {"models_dir": ["--models"]}
+EXPORTER_COMMANDS = {"export": "exporters.cli", "import": "exporters.torchserve"}  # module with main(argv) -> int
 log = logging.getLogger("tandem")
 
 
@@ -111,20 +112,23 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tandem` console script."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
-        print("usage: tandem {serve,export} ...\n  serve   serve a model repository\n  export  export a model")
+        print(
+            "usage: tandem {serve,export,import} ...\n  serve   serve a model repository\n  export  export a model\n"
+            "  import  import a model from another server's archive (import torchserve MODEL.mar)"
+        )
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "serve":
         return serve(rest)
-    if command == "export":
+    if command in EXPORTER_COMMANDS:
         # The exporters are an optional install (`pip install tandem[export]`); the server never needs them.
         try:
-            exporters_cli = importlib.import_module("exporters.cli")
+            exporters_cli = importlib.import_module(EXPORTER_COMMANDS[command])
         except ImportError as exc:
             print(f"error: the exporters are not installed ({exc.name}); pip install 'tandem[export]'", file=sys.stderr)
             return 2
         return int(exporters_cli.main(rest))
-    print(f"error: unknown command '{command}'; expected serve or export", file=sys.stderr)
+    print(f"error: unknown command '{command}'; expected serve, export or import", file=sys.stderr)
     return 2
 
 

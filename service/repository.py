@@ -136,16 +136,24 @@ def read_config(model_dir: Path) -> ModelConfig:
 
 
 def detect_format(version_dir: Path) -> str | None:
-    """Which artifact a version directory holds, if any."""
+    """Which artifact a version directory holds, if any (TF Serving's bare saved_model.pb counts as a SavedModel)."""
     for fmt, artifact in ARTIFACT_NAMES.items():
         if (version_dir / artifact).exists():
             return fmt
-    return None
+    return "savedmodel" if _bare_savedmodel(version_dir) else None
 
 
 def artifact_path(version_dir: Path, fmt: str) -> Path:
-    """Where the artifact of `fmt` lives inside a version directory."""
-    return version_dir / ARTIFACT_NAMES[fmt]
+    """Where the artifact of `fmt` lives: in the version directory, or that directory itself (TF Serving's layout)."""
+    path = version_dir / ARTIFACT_NAMES[fmt]
+    if fmt == "savedmodel" and not path.exists() and _bare_savedmodel(version_dir):
+        return version_dir
+    return path
+
+
+def _bare_savedmodel(version_dir: Path) -> bool:
+    """TF Serving's layout: <base path>/<version>/saved_model.pb (with variables/) directly in the version directory."""
+    return (version_dir / "saved_model.pb").is_file()
 
 
 def read_model(model_dir: Path) -> ModelSource:

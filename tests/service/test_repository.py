@@ -20,6 +20,7 @@ from service.repository import (
     scan,
     select_versions,
 )
+from tests.server import start_server, stop_server
 
 
 def make_model(repo: Path, name: str, versions: list[str], config: dict[str, Any] | str | None = None) -> Path:
@@ -214,3 +215,41 @@ def test_find_model_matches_the_listing_and_never_joins_a_path(tmp_path: Path) -
     assert sorted(source.versions) == [1]
     for name in ("nope", "../outside", "m/1", "..", ".", "/etc", "m\x00"):
         assert find_model(repo, name) is None
+
+
+def test_a_tf_serving_version_directory_is_a_savedmodel_in_place(tmp_path: Path) -> None:
+    version_dir = tmp_path / "mlp" / "3"
+    (version_dir / "variables").mkdir(parents=True)
+    (version_dir / "saved_model.pb").write_bytes(b"")
+    assert detect_format(version_dir) == "savedmodel"
+    assert artifact_path(version_dir, "savedmodel") == version_dir
+    (version_dir / "model.savedmodel").mkdir()  # tandem's own layout wins where both exist
+    assert artifact_path(version_dir, "savedmodel") == version_dir / "model.savedmodel"
+
+
+def test_a_tf_serving_model_base_path_serves_unchanged(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    class Doubler(tf.Module):
+        def __init__(self) -> None:
+            self.scale = tf.Variable(2.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def serve(self, x: Any) -> dict[str, Any]:
+            return {"y": x * self.scale}
+
+    base_path = tmp_path / "models" / "doubler"  # TF Serving: --model_base_path=.../doubler
+    module = Doubler()
+    tf.saved_model.save(module, str(base_path / "1"), signatures={"serving_default": module.serve})
+    before = sorted(str(p.relative_to(base_path)) for p in base_path.rglob("*"))
+    server = start_server(tmp_path / "models", tmp_path / "server.log", "--device", "cpu")
+    try:
+        with server.client() as client:
+            response = client.post("/v1/models/doubler:predict", json={"instances": [[1.0, 2.0, 3.0]]})
+            metadata = client.get("/v2/models/doubler").json()
+    finally:
+        stop_server(server)
+    assert response.status_code == 200, server.output()
+    assert response.json() == {"predictions": [[2.0, 4.0, 6.0]]}
+    assert metadata["platform"] == "tensorflow_savedmodel"
+    assert sorted(str(p.relative_to(base_path)) for p in base_path.rglob("*")) == before
