@@ -10,7 +10,7 @@ import numpy as np
 from exporters import ExportError
 from exporters.mar import copy_file
 from exporters.spec import BATCH, IDENTIFIER, InputSpec, parse_dims
-from service.codec import datatype_of
+from service.tensors import datatype_of
 from service.runtimes import ARTIFACT_NAMES
 
 

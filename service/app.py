@@ -23,6 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from service.api import health, management, tfserving, torchserve, v2, v2_repository
 from service.api.http import finish_error, json_response
+from service.control import LocalEngine
 from service.engine import Engine
 from service.errors import (
     BadRequestError,
@@ -34,7 +35,7 @@ from service.errors import (
     error_body_v2,
 )
 from service.metrics import Metrics, exposition
-from service.registry import Registry, RuntimeLoader
+from service.registry import RuntimeLoader
 from service.runtimes import load_runtime
 from service.settings import Settings
 
@@ -57,7 +58,7 @@ def create_app(settings: Settings, loader: RuntimeLoader = load_runtime, engine_
                 yield
             return
         metrics = Metrics(CollectorRegistry())
-        registry = Registry(settings, metrics, loader)
+        registry = LocalEngine(settings, metrics, loader)
         engine: Engine = registry
         app.state.settings, app.state.metrics, app.state.engine = settings, metrics, engine
         await registry.load_all()

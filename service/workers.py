@@ -126,11 +126,11 @@ def engine_main(settings: Settings, path: str) -> None:
 async def _engine(settings: Settings, path: str) -> None:
     from prometheus_client import CollectorRegistry
 
+    from service.control import LocalEngine
     from service.ipc.server import EngineServer
     from service.metrics import Metrics
-    from service.registry import Registry
 
-    registry = Registry(settings, Metrics(CollectorRegistry()))
+    registry = LocalEngine(settings, Metrics(CollectorRegistry()))
     server = EngineServer(registry)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

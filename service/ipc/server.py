@@ -7,12 +7,12 @@ import contextlib
 import logging
 from typing import Any
 
+from service.control import LocalEngine
 from service.errors import BadRequestError, ServiceError
 from service.inference import InferRequest
 from service.ipc import wire
 from service.ipc.arena import Reader
 from service.ipc.views import describe
-from service.registry import Registry
 
 log = logging.getLogger("tandem.engine")
 # Control operations a worker may call, by name; each maps to the registry method of that name.
@@ -22,7 +22,7 @@ CALLS = frozenset({"load", "register", "unload", "scale", "set_default", "in_rep
 class EngineServer:
     """Serves the registry to worker processes over a Unix socket and tells them every change."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: LocalEngine) -> None:
         self.registry = registry
         self._writers: set[asyncio.StreamWriter] = set()
         self._pending_push = False

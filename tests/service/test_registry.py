@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service import repository
+from service.control import LocalEngine as Registry
 from service.errors import (
     BadRequestError,
     ModelNotFoundError,
@@ -25,7 +26,6 @@ from service.errors import (
 from service.inference import InferRequest, validate
 from service.metrics import Metrics
 from service.model import LoadedModel, ModelState
-from service.registry import Registry
 from service.settings import Settings
 from tests.service.conftest import FakeLoader, write_fake_model
 
