@@ -10,8 +10,8 @@ import numpy as np
 from exporters import ExportError
 from exporters.mar import copy_file
 from exporters.spec import BATCH, IDENTIFIER, InputSpec, parse_dims
-from service.tensors import datatype_of
 from service.runtimes import ARTIFACT_NAMES
+from service.tensors import datatype_of
 
 
 class OnnxFileSource:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from exporters.cli import main
-from service.tensors import DATATYPE_TO_NUMPY, datatype_of
 from service.runtimes import ARTIFACT_NAMES, Runtime, RuntimeOptions, load_runtime
+from service.tensors import DATATYPE_TO_NUMPY, datatype_of
 from tests.server import ServerProcess, start_server, stop_server
 
 CPU = RuntimeOptions(device="cpu")
