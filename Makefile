@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 MODELS ?= models
 
-.PHONY: serve test lint examples bench clean
+.PHONY: serve test lint examples bench clean docker-smoke
 
 $(BIN)/tandem: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(BIN)/tandem lint
 bench: $(BIN)/tandem
 	@test -d $(MODELS)/digits_mlp || $(MAKE) examples
 	$(BIN)/python -m benchmarks.run --models $(MODELS)
+
+# Builds the image and runs the compose stack for real (root, Debian; long). Not part of `make test`.
+docker-smoke:
+	scripts/docker-smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache
