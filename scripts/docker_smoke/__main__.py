@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         smoke(report, workdir)
     except StepFailed:
         pass
+    except (KeyboardInterrupt, SystemExit):
+        report.check("smoke run", False, "interrupted; tearing down")
+        raise
     except (OSError, RuntimeError, ValueError, KeyError, yaml.YAMLError) as exc:
         report.check("smoke run", False, f"{type(exc).__name__}: {exc}")
     finally:

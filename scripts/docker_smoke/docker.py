@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,14 @@ from typing import IO, Any
 DOCKER = os.environ.get("SMOKE_DOCKER", "/usr/bin/docker")
 COMPOSE = os.environ.get("SMOKE_COMPOSE", "/usr/bin/docker-compose")
 POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class Step:
+    """One `Step N/M : INSTRUCTION` of a classic-builder build and the seconds until the next one began."""
+
+    text: str
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,29 @@ def run_logged(args: list[str], log: IO[str], *, timeout: float, env: dict[str, 
         ).returncode
     except subprocess.TimeoutExpired:
         return 124
+
+
+def run_build(args: list[str], log: IO[str], *, timeout: float, env: dict[str, str]) -> tuple[int, list[Step]]:
+    """Run a classic-builder `docker build` with its output appended to log; (status, each Step's duration)."""
+    log.write(f"$ {' '.join(args[:4])} ...\n")
+    process = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=env
+    )
+    timer = threading.Timer(timeout, process.kill)
+    timer.start()
+    starts: list[tuple[str, float]] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            if line.startswith("Step "):
+                starts.append((line.strip(), time.monotonic()))
+        status = process.wait()
+    finally:
+        timer.cancel()
+    ends = [start for _, start in starts[1:]] + [time.monotonic()]
+    steps = [Step(text, end - start) for (text, start), end in zip(starts, ends, strict=True)]
+    return (124 if status == -signal.SIGKILL else status), steps
 
 
 def docker(*args: str, timeout: float = 120, stdin: str | None = None) -> Result:

@@ -12,12 +12,22 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from scripts.docker_smoke.docker import DOCKER, docker, inspect, legacy_build_env, run, run_logged
+from scripts.docker_smoke.docker import DOCKER, docker, inspect, legacy_build_env, run, run_build
 from scripts.docker_smoke.report import Report
 
+# The classic builder keys every RUN of a stage on all its build arguments, so TORCH_INDEX_URL, and
+# with it this port, must stay the same from run to run for the layer cache to hit.
+TORCH_INDEX_PORT = 28641
 TORCH_PIN = re.compile(r'"torch==([0-9][0-9.]*)"')
 # What the runtime stage must hold: the gpu extra's CUDA 13 (ONNX Runtime) and CUDA 12 (TensorFlow) wheels.
 GPU_WHEELS = ("onnxruntime-gpu", "tensorflow", "nvidia-cuda-runtime", "nvidia-cudnn-cu13", "nvidia-cudnn-cu12")
+# How the report names the Dockerfile's slow steps.
+STEP_NAMES = (
+    ("--requirement /wheels/requirements.txt", "runtime stage: gpu extra and its CUDA wheels"),
+    ('".[export]"', "build stage: export extra, project wheel, example models"),
+    ('"torch==', "build stage: torch CPU wheel"),
+    ("COPY --from=build /models", "copy the example models"),
+)
 PROBE = """
 import importlib.metadata as m, importlib.util as u, os
 print("torch", "present" if u.find_spec("torch") else "absent")
@@ -66,7 +76,11 @@ def torch_index(report: Report, dockerfile: Path, workdir: Path) -> Iterator[str
     for name in set(found) - set(cpu):
         (wheels / name).unlink()
     handler = functools.partial(_QuietHandler, directory=str(wheels.parent.parent))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", TORCH_INDEX_PORT), handler)
+    except OSError:
+        report.note(f"port {TORCH_INDEX_PORT} is taken: TORCH_INDEX_URL changes, so the build cache misses")
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -84,14 +98,25 @@ def build(report: Report, root: Path, tag: str, torch_url: str, extra_ca: list[s
         args += ["--build-arg", "EXTRA_CA_CERTS=" + "\n".join(extra_ca)]
     started = time.monotonic()
     with log_path.open("a") as log:
-        status = run_logged([*args, str(root)], log, timeout=3600, env=legacy_build_env())
+        status, steps = run_build([*args, str(root)], log, timeout=3600, env=legacy_build_env())
     took = time.monotonic() - started
+    slowest = sorted(steps, key=lambda step: -step.seconds)[:3]
+    shown = "; ".join(f"{_step_name(step.text)} {step.seconds / 60:.1f} min" for step in slowest)
     report.require(
         f"docker build {tag} (build + runtime stages, gpu extra)",
         status == 0,
-        f"{took / 60:.1f} min, log {log_path}" if status == 0 else f"exit status {status}; see {log_path}",
+        f"{took / 60:.1f} min (slowest: {shown})" if status == 0 else f"exit status {status}; see {log_path}",
     )
     return took
+
+
+def _step_name(text: str) -> str:
+    """`Step 16/23 : RUN ... pip install ...` shortened to what the step does."""
+    number = text.split(" :", 1)[0].removeprefix("Step ")
+    for marker, name in STEP_NAMES:
+        if marker in text:
+            return f"step {number} ({name})"
+    return f"step {number}"
 
 
 def check_image(report: Report, root: Path, tag: str) -> int:

@@ -59,7 +59,11 @@ def make_rootfs(report: Report, workdir: Path, log_path: Path) -> None:
         command = ["debootstrap", "--variant=minbase", f"--include={ROOTFS_PACKAGES}", "bookworm", str(target), MIRROR]
         with log_path.open("a") as log:
             status = run_logged(command, log, timeout=1200)
-        report.require("stand-in rootfs: debootstrap bookworm", status == 0, f"exit status {status}; see {log_path}")
+        report.require(
+            "stand-in rootfs: debootstrap bookworm minbase",
+            status == 0,
+            ROOTFS_PACKAGES if status == 0 else f"exit status {status}; see {log_path}",
+        )
         for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for path in (target / leftover).glob("*"):
                 if path.is_file():
