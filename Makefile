@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 MODELS ?= models
 
-.PHONY: serve test lint examples bench gpu-bench clean
+.PHONY: serve test lint examples bench gpu-bench clean docker-smoke
 
 $(BIN)/tandem: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench: $(BIN)/tandem
 # The GPU run (docs/benchmarks.md, "GPU"): exits 0 saying it measured nothing where there is no GPU.
 gpu-bench: $(BIN)/tandem
 	$(BIN)/python scripts/gpu_bench.py
+
+# Builds the image and runs the compose stack for real (root, Debian; long). Not part of `make test`.
+docker-smoke:
+	scripts/docker-smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache
