@@ -32,6 +32,7 @@ from service.errors import (
     error_body_torchserve,
     error_body_v2,
 )
+from service.grpc.server import GrpcServer
 from service.metrics import Metrics
 from service.registry import Registry, RuntimeLoader
 from service.runtimes import load_runtime
@@ -42,14 +43,20 @@ TORCHSERVE_PREFIXES = ("/ping", "/predictions", "/models")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def create_app(settings: Settings, loader: RuntimeLoader = load_runtime) -> FrontDoor:
-    """Build the ASGI app; nothing is loaded until the lifespan starts."""
+def create_app(settings: Settings, loader: RuntimeLoader = load_runtime, *, grpc: bool = False) -> FrontDoor:
+    """Build the ASGI app; nothing is loaded until the lifespan starts.
+
+    With `grpc` (as `tandem serve` runs it), the lifespan also serves gRPC on settings.grpc_port (unless 0).
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = Metrics(CollectorRegistry())
         registry = Registry(settings, metrics, loader)
         app.state.settings, app.state.metrics, app.state.engine = settings, metrics, registry
+        front = GrpcServer(settings, registry, metrics, lambda: app.state.started and registry.ready)
+        if grpc and settings.grpc_port:
+            await front.start()
         await registry.load_all()
         # Objects made while loading (runtimes, TensorFlow graphs) live as long as the process: keep them out of
         # the collector's generations so full collections stay short under load (p99 latency).
@@ -61,6 +68,7 @@ def create_app(settings: Settings, loader: RuntimeLoader = load_runtime) -> Fron
             yield
         finally:
             app.state.started = False
+            await front.stop(settings.drain_timeout_s)
             if poller is not None:
                 poller.cancel()
             await registry.close(settings.drain_timeout_s)
