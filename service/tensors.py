@@ -26,6 +26,8 @@ DATATYPE_TO_NUMPY: dict[str, str] = {
 }
 NUMPY_TO_DATATYPE: dict[str, str] = {v: k for k, v in DATATYPE_TO_NUMPY.items()}
 _NUMPY_DTYPES: dict[str, np.dtype[Any]] = {k: np.dtype(v) for k, v in DATATYPE_TO_NUMPY.items()}
+# Keyed by dtype object: numpy computes dtype.name in Python on every access, a measurable cost per request.
+_DATATYPES: dict[np.dtype[Any], str] = {dtype: name for name, dtype in _NUMPY_DTYPES.items()}
 
 
 def numpy_dtype(datatype: str) -> np.dtype[Any]:
@@ -38,6 +40,9 @@ def numpy_dtype(datatype: str) -> np.dtype[Any]:
 
 def datatype_of(dtype: np.dtype[Any]) -> str:
     """V2 datatype name for a numpy dtype (str and bytes arrays count as BYTES)."""
+    found = _DATATYPES.get(dtype)
+    if found is not None:
+        return found
     if dtype.kind in "OSU":
         return "BYTES"
     return NUMPY_TO_DATATYPE[dtype.name]

@@ -62,6 +62,7 @@ class Front:
         self.metrics = metrics
         self._is_ready = is_ready
         self.draining = False
+        self._body_bytes: dict[str, Any] = {}  # histogram children by dialect (hot path: no label lookups)
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -78,6 +79,13 @@ class Front:
         except TimeoutError:
             return False
         return True
+
+    def observe_body(self, dialect: str, size: int) -> None:
+        """Count one request message's size."""
+        child = self._body_bytes.get(dialect)
+        if child is None:
+            child = self._body_bytes[dialect] = self.metrics.request_body_bytes.labels(dialect)
+        child.observe(size)
 
     @contextlib.contextmanager
     def tracked(self) -> Iterator[None]:
@@ -126,7 +134,7 @@ async def _infer(front: Front, dialect: GrpcDialect, data: bytes, context: Conte
     if front.draining:
         raise ShuttingDownError()
     message = parse(dialect.request_type, data)
-    front.metrics.request_body_bytes.labels(dialect.name).observe(len(data))
+    front.observe_body(dialect.name, len(data))
     name, version, label = dialect.target(message)
     model = front.engine.get(name, version, label)
     call.bind(model.name, model.version)
