@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -127,6 +127,14 @@ async def infer(front: Front, dialect: GrpcDialect, data: bytes, context: Contex
         call.finish(front.metrics, 200, "ok")
         return answer
     call.finish(front.metrics, err.status_code, err.outcome)
+    await end_with(context, err, dialect.name)
+
+
+async def end_with(context: Context, err: ServiceError, what: str) -> NoReturn:
+    """End the call with the error's status; an internal fault's cause is logged, never sent (as over HTTP)."""
+    if isinstance(err, InternalError) and err.__cause__ is not None:
+        log.error("%s failed: %s", what, err.message, exc_info=err.__cause__)
+        err = InternalError("internal error")
     await context.abort(status_code(err), err.message, trailers(err))
 
 
@@ -161,7 +169,7 @@ async def _infer(front: Front, dialect: GrpcDialect, data: bytes, context: Conte
 async def refuse(front: Front, dialect: GrpcDialect, err: ServiceError, context: Context) -> bytes:
     """An inference method tandem does not offer: counted (with no model) as the HTTP routes count it, then refused."""
     _Call(dialect.name, time.perf_counter()).finish(front.metrics, err.status_code, err.outcome)
-    await context.abort(status_code(err), err.message, trailers(err))
+    await end_with(context, err, dialect.name)
 
 
 def deadline(limits: Limits | None, settings: Settings, timeout_us: int | None, remaining_s: float | None) -> float:
@@ -196,7 +204,7 @@ def unary(request_type: Any, handler: Handler) -> Callable[[bytes, Context], Awa
         except Exception:
             log.exception("%s failed", method)
             err = InternalError("internal error")
-        await context.abort(status_code(err), err.message, trailers(err))
+        await end_with(context, err, method)
 
     return serve
 

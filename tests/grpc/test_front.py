@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -205,3 +206,23 @@ def test_control_needs_the_bearer_token(repo: Path) -> None:
         load.parameters["config"].string_param = "{}"
         error = rpc_error(lambda: served.stub.RepositoryModelLoad(load, metadata=auth, timeout=10))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_busy_grpc_port_stops_start_up_naming_it(tmp_path: Path) -> None:
+    write_fake_model(tmp_path, "m", 1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        app = create_app(Settings(models_dir=tmp_path, grpc_port=port, warmup=False), loader=FakeLoader(), grpc=True)
+        with pytest.raises(RuntimeError, match=f"cannot listen for gRPC on 127.0.0.1:{port}"), TestClient(app):
+            pass
+
+
+def test_without_grpc_the_app_opens_no_grpc_port(tmp_path: Path) -> None:
+    write_fake_model(tmp_path, "m", 1)
+    port = free_port()
+    app = create_app(Settings(models_dir=tmp_path, grpc_port=port, warmup=False), loader=FakeLoader())
+    with TestClient(app) as client, socket.socket() as probe:
+        assert client.get("/v2/health/ready").status_code == 200
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
