@@ -10,6 +10,7 @@ from service.errors import (
     DeadlineExceededError,
     ForbiddenError,
     MethodNotAllowedError,
+    ModelLoadError,
     ModelNotFoundError,
     NotImplementedFeatureError,
     OutOfMemoryError,
@@ -26,6 +27,7 @@ from service.errors import (
 CODES: dict[type[ServiceError], grpc.StatusCode] = {
     BadRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     UnsupportedMediaTypeError: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelLoadError: grpc.StatusCode.INVALID_ARGUMENT,  # a repository load that failed: HTTP's 400, with the reason
     ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
     RouteNotFoundError: grpc.StatusCode.UNIMPLEMENTED,
     MethodNotAllowedError: grpc.StatusCode.UNIMPLEMENTED,

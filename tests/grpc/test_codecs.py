@@ -1,15 +1,19 @@
-"""The gRPC codecs as pure functions: TensorProto by TensorFlow's rules, ModelInferRequest typed and raw contents."""
+"""The gRPC codecs as pure functions (TensorProto by TensorFlow's rules, ModelInferRequest contents), and status codes."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
+from service import errors
 from service.errors import BadRequestError, PayloadTooLargeError
 from service.grpc.codec_kserve import decode_request, encode_response
 from service.grpc.protos import enum_values, message
+from service.grpc.status import status_code
 from service.grpc.tensor_proto import fill_tensor_proto, to_array
 
 DT = enum_values("tensorflow.DataType")
@@ -185,3 +189,17 @@ def test_responses_carry_every_output_raw() -> None:
     ]
     assert response.raw_output_contents[0] == np.float32(1.5).tobytes()
     assert response.raw_output_contents[1] == b"\x02\0\0\0ab\0\0\0\0"
+
+
+# ----- status codes ---------------------------------------------------------------------------------
+
+
+def test_every_client_facing_error_has_a_grpc_code_and_only_internal_faults_are_internal() -> None:
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.ServiceError)]
+    for cls in classes:
+        code = status_code(cls.__new__(cls))
+        internal = cls in (errors.ServiceError, errors.InternalError)
+        assert (code == grpc.StatusCode.INTERNAL) == internal, (cls.__name__, code)
+    assert status_code(errors.QueueFullError("full")) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status_code(errors.ModelNotReadyError("loading")) == grpc.StatusCode.UNAVAILABLE
+    assert status_code(errors.ModelLoadError("bad")) == grpc.StatusCode.INVALID_ARGUMENT
