@@ -1,4 +1,4 @@
-"""The gRPC codecs as pure functions (TensorProto by TensorFlow's rules, ModelInferRequest contents), and status codes."""
+"""The gRPC codecs as pure functions (TensorProto by TensorFlow's rules, ModelInferRequest contents); status codes."""
 
 from __future__ import annotations
 
