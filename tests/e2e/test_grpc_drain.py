@@ -25,6 +25,10 @@ def infer_request(value: float) -> service_pb2.ModelInferRequest:
     return request
 
 
+def rows_run(url: str) -> float:
+    return sum(s.value for s in metric_samples(url, "tandem_inference_rows_total"))
+
+
 def test_sigterm_drains_grpc_calls_and_reports_not_serving(tmp_path: Path) -> None:
     # A long batch delay keeps requests queued at the signal (a lone first one runs at once).
     repo = make_repository(tmp_path / "models", slow=True, max_batch_size=64, max_batch_delay_ms=3000)
@@ -36,11 +40,16 @@ def test_sigterm_drains_grpc_calls_and_reports_not_serving(tmp_path: Path) -> No
             assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == SERVING
             watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=DRAIN_S + 10)
             assert next(watch).status == SERVING
+            rows_before = rows_run(server.url)
             in_flight = [stub.ModelInfer.future(infer_request(i), timeout=DRAIN_S + 10) for i in range(8)]
             deadline = time.monotonic() + 10
-            while sum(s.value for s in metric_samples(server.url, "tandem_queue_requests")) < 4:
+            # Every call is in the server (queued, or run in the first batch, which an idle model starts at once).
+            while sum(s.value for s in metric_samples(server.url, "tandem_queue_requests")) < 8 - (
+                rows_run(server.url) - rows_before
+            ):
                 assert time.monotonic() < deadline, "requests were not queued"
                 time.sleep(0.02)
+            assert sum(not call.done() for call in in_flight) >= 4, "calls finished before the signal"
             server.process.send_signal(signal.SIGTERM)
             assert next(watch).status == NOT_SERVING
             assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == NOT_SERVING
