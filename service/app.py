@@ -54,9 +54,9 @@ def create_app(settings: Settings, loader: RuntimeLoader = load_runtime, *, grpc
         metrics = Metrics(CollectorRegistry())
         registry = Registry(settings, metrics, loader)
         app.state.settings, app.state.metrics, app.state.engine = settings, metrics, registry
-        front = GrpcServer(settings, registry, metrics, lambda: app.state.started and registry.ready)
+        grpc_server = GrpcServer(settings, registry, metrics, lambda: app.state.started and registry.ready)
         if grpc and settings.grpc_port:
-            await front.start()
+            await grpc_server.start()  # listens at once: live while loading, SERVING once ready
         await registry.load_all()
         # Objects made while loading (runtimes, TensorFlow graphs) live as long as the process: keep them out of
         # the collector's generations so full collections stay short under load (p99 latency).
@@ -68,7 +68,7 @@ def create_app(settings: Settings, loader: RuntimeLoader = load_runtime, *, grpc
             yield
         finally:
             app.state.started = False
-            await front.stop(settings.drain_timeout_s)
+            await grpc_server.stop(settings.drain_timeout_s)  # NOT_SERVING, then the calls in flight finish
             if poller is not None:
                 poller.cancel()
             await registry.close(settings.drain_timeout_s)
