@@ -3,7 +3,7 @@
 # tandem model server image.
 #
 #   docker build -t tandem:0.1.0 .
-#   docker run --rm --gpus all -p 127.0.0.1:8000:8000 tandem:0.1.0
+#   docker run --rm --gpus all -p 127.0.0.1:8000:8000 -p 127.0.0.1:8001:8001 tandem:0.1.0
 #
 # Two stages. "build" installs the project with its exporters (torch, CPU wheel) and writes the
 # example model repository to /models. "runtime" holds the server only: no torch, no exporters'
@@ -98,7 +98,7 @@ ENV TANDEM_HOST=0.0.0.0 \
 
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 8000
+EXPOSE 8000 8001
 
 # Ready means every model loaded and warmed up; a 503 or no answer is unhealthy.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \

@@ -34,6 +34,7 @@ from service.errors import (
     error_body_torchserve,
     error_body_v2,
 )
+from service.grpc.server import GrpcServer
 from service.metrics import Metrics, exposition
 from service.registry import RuntimeLoader
 from service.runtimes import load_runtime
@@ -44,9 +45,12 @@ TORCHSERVE_PREFIXES = ("/ping", "/predictions", "/models")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def create_app(settings: Settings, loader: RuntimeLoader = load_runtime, engine_path: str | None = None) -> FrontDoor:
+def create_app(
+    settings: Settings, loader: RuntimeLoader = load_runtime, engine_path: str | None = None, *, grpc: bool = False
+) -> FrontDoor:
     """Build the ASGI app; nothing is loaded until the lifespan starts.
 
+    With `grpc` (as `tandem serve` runs it), the lifespan also serves gRPC on settings.grpc_port (unless 0).
     With `engine_path`, this is one of several worker processes: the models live in the engine process
     listening there, and this process never imports a runtime.
     """
@@ -54,13 +58,16 @@ def create_app(settings: Settings, loader: RuntimeLoader = load_runtime, engine_
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if engine_path is not None:
-            async with _remote(app, settings, engine_path):
+            async with _remote(app, settings, engine_path, grpc):
                 yield
             return
         metrics = Metrics(CollectorRegistry())
         registry = LocalEngine(settings, metrics, loader)
         engine: Engine = registry
         app.state.settings, app.state.metrics, app.state.engine = settings, metrics, engine
+        grpc_server = GrpcServer(settings, engine, metrics, lambda: app.state.started and registry.ready)
+        if grpc and settings.grpc_port:
+            await grpc_server.start()  # listens at once: live while loading, SERVING once ready
         await registry.load_all()
         # Objects made while loading (runtimes, TensorFlow graphs) live as long as the process: keep them out of
         # the collector's generations so full collections stay short under load (p99 latency).
@@ -72,6 +79,7 @@ def create_app(settings: Settings, loader: RuntimeLoader = load_runtime, engine_
             yield
         finally:
             app.state.started = False
+            await grpc_server.stop(settings.drain_timeout_s)  # NOT_SERVING, then the calls in flight finish
             if poller is not None:
                 poller.cancel()
             await registry.close(settings.drain_timeout_s)
@@ -86,12 +94,17 @@ def create_app(settings: Settings, loader: RuntimeLoader = load_runtime, engine_
 
 
 @contextlib.asynccontextmanager
-async def _remote(app: FastAPI, settings: Settings, engine_path: str) -> AsyncIterator[None]:
+async def _remote(app: FastAPI, settings: Settings, engine_path: str, grpc: bool) -> AsyncIterator[None]:
     """A worker process's lifespan: connect to the engine; the engine loads, drains and frees the models."""
     from service.ipc.client import RemoteEngine
 
     remote = RemoteEngine(engine_path)
-    app.state.settings, app.state.metrics, app.state.engine = settings, Metrics(CollectorRegistry()), remote
+    metrics = Metrics(CollectorRegistry())
+    app.state.settings, app.state.metrics, app.state.engine = settings, metrics, remote
+    # Every worker listens on the gRPC port too; the kernel spreads connections over them (SO_REUSEPORT).
+    grpc_server = GrpcServer(settings, remote, metrics, lambda: app.state.started and remote.ready, reuse_port=True)
+    if grpc and settings.grpc_port:
+        await grpc_server.start()
     await remote.connect()
     gc.collect()
     gc.freeze()
@@ -100,6 +113,7 @@ async def _remote(app: FastAPI, settings: Settings, engine_path: str) -> AsyncIt
         yield
     finally:
         app.state.started = False
+        await grpc_server.stop(settings.drain_timeout_s)
         await remote.close()
 
 

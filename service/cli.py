@@ -64,7 +64,7 @@ def check_startup(settings: Settings) -> None:
 
 
 def serve(argv: list[str]) -> int:
-    """Run uvicorn on the configured host and port until SIGTERM, then drain."""
+    """Run uvicorn (and gRPC, in its lifespan) on the configured host and ports until SIGTERM, then drain."""
     import uvicorn
 
     from service.app import create_app
@@ -80,7 +80,7 @@ def serve(argv: list[str]) -> int:
     # uvicorn drains on SIGTERM, then re-raises the signal under the handler it found: make that a clean exit.
     signal.signal(signal.SIGTERM, _exit_after_drain)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, grpc=True),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

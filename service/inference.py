@@ -55,6 +55,8 @@ def validate(
             if rows not in (-1, arr.shape[0]):
                 raise BadRequestError(f"{what}: inputs disagree on batch size ({rows} vs {arr.shape[0]})")
             rows = arr.shape[0]
+    if rows == 0:  # the batch would run on no rows and answer none: refuse it rather than fail the batch
+        raise BadRequestError(f"{what}: the request has 0 rows (dim 0 of the batched inputs); send at least one")
     request.rows = max(rows, 1)
     if max_rows > 1 and rows > max_rows:
         raise BatchTooLargeError(f"{what}: request has {rows} rows, more than max_batch_size {max_rows}")

@@ -20,7 +20,10 @@ class Settings(BaseSettings):
 
     models_dir: Path = Field(Path("models"), description="Model repository to serve (CLI: --models).")
     host: str = Field("127.0.0.1", description="Address to bind; use 0.0.0.0 inside a container.")
-    port: int = Field(8000, ge=1, le=65535, description="TCP port for every dialect and /metrics.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port for every HTTP dialect and /metrics.")
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="TCP port for gRPC (KServe V2, TF Serving) on the same host; 0 = off."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when usable, else CPU; cuda: require a GPU; cpu: never use one."

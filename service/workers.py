@@ -103,7 +103,7 @@ def worker_main(settings: Settings, path: str, listener: socket.socket) -> None:
 
     configure_logging(settings)
     config = uvicorn.Config(
-        create_app(settings, engine_path=path),
+        create_app(settings, engine_path=path, grpc=True),
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s + 0.999)),

@@ -19,12 +19,18 @@ LOG_TAIL_CHARS = 4000
 
 @dataclass
 class ServerProcess:
-    """A running `tandem serve` process, the repository it serves and where it listens and logs."""
+    """A running `tandem serve` process, the repository it serves and where it listens (HTTP, gRPC) and logs."""
 
     process: subprocess.Popen[bytes]
     port: int
     repo: Path
     log: Path
+    grpc_port: int = 0
+
+    @property
+    def grpc_target(self) -> str:
+        """host:port of the gRPC services."""
+        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def url(self) -> str:
@@ -87,12 +93,12 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 30) -> int
 def start_server(
     repo: Path, log: Path, *flags: str, timeout_s: float = 60, wait_path: str = "/v2/health/live"
 ) -> ServerProcess:
-    """Start `python -m service serve --models repo` on a free loopback port and wait until `wait_path` answers."""
-    port = free_port()
+    """Start `python -m service serve --models repo` on free loopback ports and wait until `wait_path` answers."""
+    port, grpc_port = free_port(), free_port()
     command = [sys.executable, "-m", "service", "serve", "--models", str(repo), "--port", str(port)]
-    command += ["--host", "127.0.0.1", *flags]
+    command += ["--host", "127.0.0.1", "--grpc-port", str(grpc_port), *flags]
     env = {key: value for key, value in os.environ.items() if not key.upper().startswith("TANDEM_")}
-    server = ServerProcess(spawn(command, log, ROOT, env), port, repo, log)
+    server = ServerProcess(spawn(command, log, ROOT, env), port, repo, log, grpc_port)
     try:
         wait_ready(server.process, f"{server.url}{wait_path}", log, "server", timeout_s)
     except BaseException:

@@ -8,6 +8,9 @@ registers, loads, unloads, scales or pins never reaches another.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,3 +72,20 @@ def admin(control_server: Server) -> Iterator[httpx.Client]:
     """A client of the control server that sends the admin token."""
     with control_server.client(headers=AUTH) as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`python -m exporters.examples` into a fresh repository (plus a `stable` label), then a server over it."""
+    pytest.importorskip("exporters.examples")
+    root = tmp_path_factory.mktemp("examples")
+    command = [sys.executable, "-m", "exporters.examples", "--models", str(root / "models")]
+    built = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert built.returncode == 0, built.stdout + built.stderr
+    for name in ("digits_mlp", "digits_cnn"):  # so that TF Serving clients can ask by label too
+        config_path = root / "models" / name / "model.json"
+        config = json.loads(config_path.read_text())
+        config_path.write_text(json.dumps({**config, "version_labels": {"stable": 1}}))
+    server = start_server(root / "models", root / "server.log")
+    yield server
+    stop_server(server)

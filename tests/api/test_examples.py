@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 
-from tests.api.conftest import ROOT, Server, start_server, stop_server
+from tests.api.conftest import Server
 
 pytestmark = pytest.mark.slow
 # sklearn's digits[0], a zero: the sample in the README.
 ZERO = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12, 0, 0, 8, 8, 0]
 ZERO += [0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0]
-
-
-@pytest.fixture(scope="module")
-def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`python -m exporters.examples` into a fresh repository, then a server over it."""
-    pytest.importorskip("exporters.examples")
-    root = tmp_path_factory.mktemp("examples")
-    command = [sys.executable, "-m", "exporters.examples", "--models", str(root / "models")]
-    built = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
-    assert built.returncode == 0, built.stdout + built.stderr
-    server = start_server(root / "models", root / "server.log")
-    yield server
-    stop_server(server)
 
 
 def test_tf_serving_curl_from_the_readme(examples: Server) -> None:

@@ -83,8 +83,9 @@ def test_deployment_probes_gpu_and_grace() -> None:
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports["http"] == 8000
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert ports["http"] == Settings.model_fields["port"].default
+    assert ports["grpc"] == Settings.model_fields["grpc_port"].default
+    assert container["readinessProbe"]["grpc"] == {"port": ports["grpc"]}  # grpc.health.v1, as /v2/health/ready
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert int(container["resources"]["limits"]["nvidia.com/gpu"]) == 1
     pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
@@ -111,6 +112,7 @@ def test_service_selects_the_deployment() -> None:
     port_names = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
     for port in service["spec"]["ports"]:
         assert port["targetPort"] in port_names or isinstance(port["targetPort"], int)
+    assert {p["name"] for p in service["spec"]["ports"]} == {"http", "grpc"}
 
 
 def test_hpa_scales_the_deployment_on_queue_depth() -> None:

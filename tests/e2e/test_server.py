@@ -151,22 +151,27 @@ def test_64_concurrent_requests_all_succeed_and_form_batches(server: Server) -> 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> None:
     # A model slow enough to run off the event loop, and a long batch delay, keep requests queued at the signal.
-    repo = make_repository(tmp_path / "models", slow=True, max_batch_size=64, max_batch_delay_ms=1500)
+    repo = make_repository(tmp_path / "models", slow=True, max_batch_size=64, max_batch_delay_ms=3000)
     server = start(repo, tmp_path / "server.log")
+    # Clients are built before any request is sent (building one takes milliseconds of CPU), so that all 16
+    # requests reach the server together; the signal then waits until every one of them is in (queued, or
+    # run in the first batch, which an idle model starts at once).
+    clients = [httpx.Client(base_url=server.url, timeout=30) for _ in range(16)]
+    rows_before = sum(s.value for s in metric_samples(server.url, "tandem_inference_rows_total"))
     try:
 
         def one(value: int) -> int:
-            with httpx.Client(base_url=server.url, timeout=30) as client:
-                response = infer_json(client, value)
-                assert response.json()["outputs"][0]["data"] == [2.0 * value] * 4
-                return response.status_code
+            response = infer_json(clients[value], value)
+            assert response.json()["outputs"][0]["data"] == [2.0 * value] * 4
+            return response.status_code
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
             in_flight = [pool.submit(one, i) for i in range(16)]
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 waiting = sum(s.value for s in metric_samples(server.url, "tandem_queue_requests"))
-                if waiting >= 8:
+                ran = sum(s.value for s in metric_samples(server.url, "tandem_inference_rows_total")) - rows_before
+                if waiting + ran >= 16:
                     break
                 time.sleep(0.02)
             assert sum(not f.done() for f in in_flight) >= 8, "requests finished before the signal"
@@ -180,4 +185,6 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> Non
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{server.url}/v2/health/live", timeout=2)
     finally:
+        for client in clients:
+            client.close()
         stop(server)

@@ -28,6 +28,11 @@ def test_a_valid_request_gets_its_batch_rows() -> None:
     assert req.rows == 3
 
 
+def test_a_request_of_zero_rows_is_refused() -> None:
+    with pytest.raises(BadRequestError, match="model 'm' version 1: the request has 0 rows"):
+        validate(good(0), SPECS, OUTPUTS, 64, "model 'm' version 1")
+
+
 def test_missing_and_unknown_inputs_are_both_named_with_the_expected_ones() -> None:
     with pytest.raises(BadRequestError, match=r"model 'm': missing input\(s\) \['mask'\]; expected \['x', 'mask'\]"):
         validate(request(x=np.zeros((1, 4), np.float32)), SPECS, OUTPUTS, 64, "model 'm'")
