@@ -6,6 +6,7 @@ import grpc
 
 from service.errors import (
     BadRequestError,
+    ClientGoneError,
     ConflictError,
     DeadlineExceededError,
     ForbiddenError,
@@ -40,6 +41,7 @@ CODES: dict[type[ServiceError], grpc.StatusCode] = {
     OutOfMemoryError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ServiceUnavailableError: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ClientGoneError: grpc.StatusCode.CANCELLED,
 }
 # The HTTP status a client that went away is counted under (never sent), as on the HTTP routes.
 CANCELLED_CODE = 499

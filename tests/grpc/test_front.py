@@ -22,8 +22,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from service.app import create_app
 from service.settings import Settings
+from tests.fakes import JsonArtifactLoader, write_json_model
 from tests.server import free_port
-from tests.service.conftest import FakeLoader, write_fake_model
 
 MAX_BODY = 16 * 1024
 TOKEN = "t0k"
@@ -32,7 +32,7 @@ TOKEN = "t0k"
 class Served:
     """The app's HTTP client, a channel to its gRPC port, the KServe stub and the fake runtimes' loader."""
 
-    def __init__(self, client: TestClient, channel: grpc.Channel, loader: FakeLoader) -> None:
+    def __init__(self, client: TestClient, channel: grpc.Channel, loader: JsonArtifactLoader) -> None:
         self.http, self.channel, self.loader = client, channel, loader
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
@@ -51,7 +51,7 @@ def serving(repo: Path, **settings: Any) -> Iterator[Served]:
     """The app with gRPC on a free port, lifespan running for the duration."""
     port = free_port()
     options: dict[str, Any] = {"models_dir": repo, "max_body_bytes": MAX_BODY, "warmup": False, **settings}
-    loader = FakeLoader()
+    loader = JsonArtifactLoader()
     app = create_app(Settings(grpc_port=port, **options), loader=loader, grpc=True)
     with TestClient(app) as client, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield Served(client, channel, loader)
@@ -61,8 +61,8 @@ def serving(repo: Path, **settings: Any) -> Iterator[Served]:
 def repo(tmp_path: Path) -> Path:
     """m: versions 1 and 2; slow: 0.4 s per call, no batching, a queue of one; broken: fails to load."""
     for version in (1, 2):
-        write_fake_model(tmp_path, "m", version, config={"version_policy": "all", "max_batch_size": 8})
-    write_fake_model(tmp_path, "slow", 1, delay_s=0.4, config={"max_batch_size": 0, "max_queue_size": 1})
+        write_json_model(tmp_path, "m", version, config={"version_policy": "all", "max_batch_size": 8})
+    write_json_model(tmp_path, "slow", 1, delay_s=0.4, config={"max_batch_size": 0, "max_queue_size": 1})
     return tmp_path
 
 
@@ -173,8 +173,8 @@ def test_a_message_larger_than_max_body_bytes_is_refused(served: Served) -> None
 
 
 def test_a_version_that_is_not_ready_is_unavailable(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "m", 1)
-    write_fake_model(tmp_path, "m", 2, fail_predict=True, config={"version_policy": "all"})
+    write_json_model(tmp_path, "m", 1)
+    write_json_model(tmp_path, "m", 2, fail_predict=True, config={"version_policy": "all"})
     with serving(tmp_path, warmup=True) as served:
         error = rpc_error(lambda: served.stub.ModelInfer(infer_request(model_version="2"), timeout=10))
         assert error.code() == grpc.StatusCode.UNAVAILABLE
@@ -209,20 +209,22 @@ def test_control_needs_the_bearer_token(repo: Path) -> None:
 
 
 def test_a_busy_grpc_port_stops_start_up_naming_it(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "m", 1)
+    write_json_model(tmp_path, "m", 1)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        app = create_app(Settings(models_dir=tmp_path, grpc_port=port, warmup=False), loader=FakeLoader(), grpc=True)
+        app = create_app(
+            Settings(models_dir=tmp_path, grpc_port=port, warmup=False), loader=JsonArtifactLoader(), grpc=True
+        )
         with pytest.raises(RuntimeError, match=f"cannot listen for gRPC on 127.0.0.1:{port}"), TestClient(app):
             pass
 
 
 def test_without_grpc_the_app_opens_no_grpc_port(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "m", 1)
+    write_json_model(tmp_path, "m", 1)
     port = free_port()
-    app = create_app(Settings(models_dir=tmp_path, grpc_port=port, warmup=False), loader=FakeLoader())
+    app = create_app(Settings(models_dir=tmp_path, grpc_port=port, warmup=False), loader=JsonArtifactLoader())
     with TestClient(app) as client, socket.socket() as probe:
         assert client.get("/v2/health/ready").status_code == 200
         assert probe.connect_ex(("127.0.0.1", port)) != 0
