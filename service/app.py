@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import gc
 import itertools
 import logging
@@ -32,6 +32,7 @@ from service.errors import (
     error_body_torchserve,
     error_body_v2,
 )
+from service.lifecycle import Lifecycle, every
 from service.metrics import Metrics
 from service.registry import Registry, RuntimeLoader
 from service.runtimes import load_runtime
@@ -42,36 +43,43 @@ TORCHSERVE_PREFIXES = ("/ping", "/predictions", "/models")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def create_app(settings: Settings, loader: RuntimeLoader = load_runtime) -> FrontDoor:
-    """Build the ASGI app; nothing is loaded until the lifespan starts."""
+def create_app(settings: Settings, loader: RuntimeLoader = load_runtime, *, background_load: bool = False) -> FrontDoor:
+    """Build the ASGI app; nothing is loaded until the lifespan starts.
+
+    With background_load (tandem serve) the lifespan returns at once and the repository loads once the socket
+    listens, readiness answering 503 meanwhile; without it (in-process use) the lifespan waits for the load.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = Metrics(CollectorRegistry())
         registry = Registry(settings, metrics, loader)
         app.state.settings, app.state.metrics, app.state.engine = settings, metrics, registry
-        await registry.load_all()
-        # Objects made while loading (runtimes, TensorFlow graphs) live as long as the process: keep them out of
-        # the collector's generations so full collections stay short under load (p99 latency).
-        gc.collect()
-        gc.freeze()
-        poller = asyncio.create_task(registry.poll_forever()) if settings.poll_interval_s > 0 else None
-        app.state.started = True
+        lifecycle: Lifecycle = app.state.lifecycle
+        await lifecycle.start(functools.partial(_load, registry, lifecycle))
         try:
             yield
         finally:
-            app.state.started = False
-            if poller is not None:
-                poller.cancel()
-            await registry.close(settings.drain_timeout_s)
+            await lifecycle.stop(registry.close)
 
     app = FastAPI(title="tandem", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.started = False
+    app.state.lifecycle = Lifecycle(settings, background_load=background_load)
     for router in _routers():
         app.include_router(router)
     app.add_api_route("/metrics", _metrics, methods=["GET"])
     _install_error_handlers(app)
     return FrontDoor(app)
+
+
+async def _load(registry: Registry, lifecycle: Lifecycle) -> None:
+    """Load the repository; then start polling it, if asked."""
+    await registry.load_all()
+    # Objects made while loading (runtimes, TensorFlow graphs) live as long as the process: keep them out of
+    # the collector's generations so full collections stay short under load (p99 latency).
+    gc.collect()
+    gc.freeze()
+    if registry.settings.poll_interval_s > 0:
+        lifecycle.spawn(every(registry.settings.poll_interval_s, registry.poll, "repository poll"))
 
 
 def _routers() -> list[Any]:

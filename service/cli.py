@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import math
 import signal
 import sys
 from typing import Any
 
 from pydantic import ValidationError
 
-from service.settings import Settings, unknown_env_settings
+from service.settings import Settings, service_link_settings, unknown_env_settings
 
 ALIASES = {"models_dir": ["--models"]}
 log = logging.getLogger("tandem")
@@ -63,30 +62,23 @@ def check_startup(settings: Settings) -> None:
 
 
 def serve(argv: list[str]) -> int:
-    """Run uvicorn on the configured host and port until SIGTERM, then drain."""
-    import uvicorn
-
+    """Listen, load the repository, serve until SIGTERM, then shut down in phases (service.server)."""
     from service.app import create_app
+    from service.server import run
 
     settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in service_link_settings():
+        log.info("%s holds a Kubernetes service link (a Service named after it), not a setting: ignored", name)
     check_startup(settings)
-    # uvicorn drains on SIGTERM, then re-raises the signal under the handler it found: make that a clean exit.
-    signal.signal(signal.SIGTERM, _exit_after_drain)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout_s)),  # uvicorn: 0/None = forever
-        server_header=False,
-    )
+    # Until the server handles signals itself, SIGTERM has nothing to drain: make it a clean exit.
+    signal.signal(signal.SIGTERM, _exit_before_serving)
+    run(create_app(settings, background_load=True), settings)
     return 0
 
 
-def _exit_after_drain(signum: int, frame: object) -> None:
-    """SIGTERM outside uvicorn's own handler: before serving (nothing to drain) or after the drain."""
+def _exit_before_serving(signum: int, frame: object) -> None:
+    """SIGTERM while starting (imports, start-up checks): nothing was accepted yet, so exit at once."""
     raise SystemExit(0)
 
 
