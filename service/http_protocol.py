@@ -46,6 +46,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self._in_head = True  # between requests or inside a head: arriving bytes count against max_header_bytes
         self._head_bytes = 0
+        self._head_tail = b""  # the last bytes of the head so far, to find a blank line split across chunks
         self._head_timer: TimerHandle | None = None
         self._refusal: tuple[int, str] | None = None
 
@@ -72,12 +73,22 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         """Count head bytes before the parser buffers them; refuse a head past max_header_bytes."""
         if self._refusal is not None:
             return
-        if self._in_head:
-            self._head_bytes += len(data)
-            if self._head_bytes > self.settings.max_header_bytes:
-                self._refuse(431, f"request head exceeds max_header_bytes={self.settings.max_header_bytes}")
-                return
+        if self._in_head and self._count_head(data) > self.settings.max_header_bytes:
+            self._refuse(431, f"request head exceeds max_header_bytes={self.settings.max_header_bytes}")
+            return
         super().data_received(data)
+
+    def _count_head(self, data: bytes) -> int:
+        """Add the head's bytes in `data` (up to the blank line that ends it, which may straddle chunks)."""
+        window = self._head_tail + data
+        end = window.find(b"\r\n\r\n")
+        if end < 0:
+            self._head_bytes += len(data)
+            self._head_tail = window[-3:]
+        else:  # what follows the head (a body, a pipelined request) is not head
+            self._head_bytes += max(0, end + 4 - len(self._head_tail))
+            self._head_tail = b""
+        return self._head_bytes
 
     def send_400_response(self, msg: str) -> None:
         """A parse error; or, when a limit stopped the parser, that limit's answer."""
@@ -108,7 +119,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         """The head is in: stop its clock; while draining, the response will close the connection."""
-        self._in_head, self._head_bytes = False, 0
+        self._in_head, self._head_bytes, self._head_tail = False, 0, b""
         self._stop_head_timer()
         super().on_headers_complete()
         if self.lifecycle.draining and self.cycle is not None:
