@@ -146,11 +146,11 @@ class Lifecycle:
         """Something the drain waits on changed: a response finished, a connection closed, a front stopped."""
         self._changed.set()
 
-    async def wait_until(self, done: Callable[[], bool], deadline: float) -> bool:
-        """Wait until done() holds, time.monotonic() passes deadline, or a signal forces the end; whether it held."""
+    async def wait_until(self, done: Callable[[], bool], deadline: float, *, forceable: bool = True) -> bool:
+        """Wait until done() holds, time.monotonic() passes deadline, or (if forceable) a signal forces the end."""
         while not done():
             left = deadline - time.monotonic()
-            if left <= 0 or self.forced:
+            if left <= 0 or (forceable and self.forced):
                 return False
             self._changed.clear()
             with contextlib.suppress(TimeoutError):

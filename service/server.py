@@ -78,9 +78,10 @@ class Server(uvicorn.Server):
         others.add_done_callback(lambda _: self.lifecycle.notify())
         deadline = self.lifecycle.deadline or time.monotonic()
         await self.lifecycle.wait_until(lambda: not self.server_state.connections and others.done(), deadline)
+        others.cancel()  # a front that did not stop in time
         await self.lifespan.shutdown()  # the engine drains in what is left, then fails the rest with 503
         flushed = time.monotonic() + FLUSH_S
-        await self.lifecycle.wait_until(lambda: not any(c.busy for c in self._connections()), flushed)
+        await self.lifecycle.wait_until(lambda: not any(c.busy for c in self._connections()), flushed, forceable=False)
         left = len(self.server_state.connections)
         for connection in self._connections():
             connection.abort()

@@ -6,6 +6,8 @@ a sleep that assumes a fast machine: these tests must pass on a busy 2-core CI m
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import signal
 import socket
 import time
@@ -15,8 +17,9 @@ import httpx
 import pytest
 
 from tests.e2e.lifecycle import ClosedLoop, get, wait_for, wait_for_log
-from tests.e2e.test_server import infer_json, make_repository
+from tests.e2e.test_server import infer_json, make_repository, metric_samples
 from tests.server import ServerProcess, start_server, stop_server
+from tests.service.conftest import onnx_slow_doubler
 
 pytestmark = pytest.mark.slow
 CLIENTS = 32
@@ -144,3 +147,37 @@ def test_a_request_head_that_arrives_during_the_drain_is_answered(tmp_path: Path
     assert answer.startswith(b"HTTP/1.1 200 "), answer
     assert b"connection: close" in answer.lower()
     assert code == 0, server.output()
+
+
+def test_a_signal_during_the_drain_answers_what_is_left_with_503_and_exits_zero(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    onnx_slow_doubler(repo / "slow" / "1" / "model.onnx", work=1536)  # a fraction of a second per call
+    (repo / "slow" / "model.json").write_text(json.dumps({"max_batch_size": 0}))  # one request per call: a queue
+    flags = ("--device", "cpu", "--drain-timeout-s", str(LONG_GRACE_S))
+    server = start_server(repo, tmp_path / "server.log", *flags, wait_path="/v2/health/ready")
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1.0] * 4}]}
+
+    def one(_: int) -> int:
+        with httpx.Client(base_url=server.url, timeout=LONG_GRACE_S) as client:
+            return client.post("/v2/models/slow/infer", json=body).status_code
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
+            calls = [pool.submit(one, i) for i in range(12)]
+            wait_for("a queue", lambda: queued(server) >= 6, server)
+            server.process.send_signal(signal.SIGTERM)
+            wait_for_log(server, "no longer accepting connections")
+            server.process.send_signal(signal.SIGTERM)  # during the drain: stop waiting for the queue
+            codes = [call.result(timeout=LONG_GRACE_S) for call in calls]
+        code = exit_code(server)
+    finally:
+        stop_server(server)
+    assert set(codes) <= {200, 503}, codes  # every request that was sent got an answer
+    assert 503 in codes  # the queue was not worked through
+    assert code == 0, server.output()
+    assert "during the drain: failing what is left" in server.output()
+
+
+def queued(server: ServerProcess) -> float:
+    """Requests waiting in batchers now (the tandem_queue_requests gauge)."""
+    return sum(s.value for s in metric_samples(server.url, "tandem_queue_requests"))
