@@ -63,6 +63,8 @@ def check_startup(settings: Settings) -> None:
 
 def serve(argv: list[str]) -> int:
     """Listen, load the repository, serve until SIGTERM, then shut down in phases (service.server)."""
+    # Until the server handles signals itself, SIGTERM has nothing to drain: make it a clean exit.
+    signal.signal(signal.SIGTERM, _exit_before_serving)
     from service.app import create_app
     from service.server import run
 
@@ -71,8 +73,6 @@ def serve(argv: list[str]) -> int:
     for name in service_link_settings():
         log.info("%s holds a Kubernetes service link (a Service named after it), not a setting: ignored", name)
     check_startup(settings)
-    # Until the server handles signals itself, SIGTERM has nothing to drain: make it a clean exit.
-    signal.signal(signal.SIGTERM, _exit_before_serving)
     run(create_app(settings, background_load=True), settings)
     return 0
 

@@ -18,16 +18,25 @@ pytestmark = pytest.mark.slow
 LIVE = b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def serve(tmp_path_factory: pytest.TempPathFactory, *flags: str) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("connections")
-    repo = make_repository(root / "models")
-    flags = ("--device", "cpu", "--header-timeout-s", "1", "--keep-alive-timeout-s", "1")
-    running = start_server(repo, root / "server.log", *flags)
+    running = start_server(make_repository(root / "models"), root / "server.log", "--device", "cpu", *flags)
     try:
         yield running
     finally:
         stop_server(running)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The default head timeout (a stalled machine never turns a complete head into a 408); short keep-alive."""
+    yield from serve(tmp_path_factory, "--keep-alive-timeout-s", "1")
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A one-second head timeout, for the tests that never complete a head."""
+    yield from serve(tmp_path_factory, "--header-timeout-s", "1")
 
 
 def exchange(server: ServerProcess, *parts: bytes) -> bytes:
@@ -77,13 +86,13 @@ def test_heads_just_under_the_limits_are_served(server: ServerProcess) -> None:
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
 
 
-def test_a_head_that_trickles_in_too_slowly_gets_408(server: ServerProcess) -> None:
-    answer = exchange(server, LIVE + b"X-Slow: 1\r\n")  # never finished: the server must not wait for ever
+def test_a_head_that_trickles_in_too_slowly_gets_408(impatient: ServerProcess) -> None:
+    answer = exchange(impatient, LIVE + b"X-Slow: 1\r\n")  # never finished: the server must not wait for ever
     assert status_and_error(answer)[:2] == (408, "request head not received within header_timeout_s=1")
 
 
-def test_a_connection_that_sends_nothing_is_closed(server: ServerProcess) -> None:
-    assert exchange(server) == b""
+def test_a_connection_that_sends_nothing_is_closed(impatient: ServerProcess) -> None:
+    assert exchange(impatient) == b""
 
 
 def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(server: ServerProcess) -> None:

@@ -22,6 +22,7 @@ def test_live_while_a_model_loads_ready_503_naming_it_then_200(tmp_path: Path) -
     try:
         with model_on_cue(repo, "late") as release:
             server = start_server(repo, tmp_path / "server.log", "--device", "cpu", wait_path="/v2/health/live")
+            wait_for("the other model", lambda: get(server, "/v2/models/double/ready").status_code == 200, server)
             ready = get(server, "/v2/health/ready")
             assert ready.status_code == 503
             assert ready.json() == {"error": "server is not ready: loading model 'late' version 1"}
