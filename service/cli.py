@@ -65,10 +65,10 @@ def serve(argv: list[str]) -> int:
     """Listen, load the repository, serve until SIGTERM, then shut down in phases (service.server)."""
     # Until the server handles signals itself, SIGTERM has nothing to drain: make it a clean exit.
     signal.signal(signal.SIGTERM, _exit_before_serving)
+    settings = load_settings(argv)
     from service.app import create_app
     from service.server import run
 
-    settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in service_link_settings():
         log.info("%s holds a Kubernetes service link (a Service named after it), not a setting: ignored", name)

@@ -137,10 +137,9 @@ class Lifecycle:
             await asyncio.wait_for(self._skip_grace.wait(), self.settings.shutdown_grace_s)
 
     def begin_drain(self) -> None:
-        """Enter the drain: from now on nothing new is accepted and the drain deadline runs."""
+        """Enter the drain: every response closes its connection from now on, and the drain deadline runs."""
         self.phase = Phase.DRAINING
         self.deadline = time.monotonic() + self.settings.drain_timeout_s
-        log.info("no longer accepting connections; draining for up to %.1f s", self.settings.drain_timeout_s)
 
     def notify(self) -> None:
         """Something the drain waits on changed: a response finished, a connection closed, a front stopped."""

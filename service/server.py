@@ -72,6 +72,7 @@ class Server(uvicorn.Server):
             server.close()
         for sock in sockets or []:
             sock.close()
+        log.info("no longer accepting connections; draining for up to %.1f s", self.lifecycle.drain_left_s())
         for connection in self._connections():
             connection.close_after_response()
         others = asyncio.create_task(self.lifecycle.stop_listeners())
