@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import gc
 import itertools
 import logging
@@ -35,6 +35,7 @@ from service.errors import (
     error_body_v2,
 )
 from service.grpc.server import GrpcServer
+from service.lifecycle import Lifecycle, every
 from service.metrics import Metrics, exposition
 from service.registry import RuntimeLoader
 from service.runtimes import load_runtime
@@ -46,11 +47,18 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def create_app(
-    settings: Settings, loader: RuntimeLoader = load_runtime, engine_path: str | None = None, *, grpc: bool = False
+    settings: Settings,
+    loader: RuntimeLoader = load_runtime,
+    engine_path: str | None = None,
+    *,
+    background_load: bool = False,
+    grpc: bool = False,
 ) -> FrontDoor:
     """Build the ASGI app; nothing is loaded until the lifespan starts.
 
-    With `grpc` (as `tandem serve` runs it), the lifespan also serves gRPC on settings.grpc_port (unless 0).
+    With background_load (tandem serve) the lifespan returns at once and the repository loads once the socket
+    listens, readiness answering 503 meanwhile; without it (in-process use) the lifespan waits for the load.
+    With `grpc` (as `tandem serve` runs it), gRPC is served too on settings.grpc_port (unless 0).
     With `engine_path`, this is one of several worker processes: the models live in the engine process
     listening there, and this process never imports a runtime.
     """
@@ -65,27 +73,17 @@ def create_app(
         registry = LocalEngine(settings, metrics, loader)
         engine: Engine = registry
         app.state.settings, app.state.metrics, app.state.engine = settings, metrics, engine
-        grpc_server = GrpcServer(settings, engine, metrics, lambda: app.state.started and registry.ready)
-        if grpc and settings.grpc_port:
-            await grpc_server.start()  # listens at once: live while loading, SERVING once ready
-        await registry.load_all()
-        # Objects made while loading (runtimes, TensorFlow graphs) live as long as the process: keep them out of
-        # the collector's generations so full collections stay short under load (p99 latency).
-        gc.collect()
-        gc.freeze()
-        poller = asyncio.create_task(registry.poll_forever()) if settings.poll_interval_s > 0 else None
-        app.state.started = True
+        lifecycle: Lifecycle = app.state.lifecycle
+        if grpc and settings.grpc_port:  # listens before models load: live at once, SERVING once ready
+            lifecycle.add_listener(GrpcServer(settings, engine, metrics, lambda: _serving(lifecycle, engine)))
+        await lifecycle.start(functools.partial(_load, registry, lifecycle))
         try:
             yield
         finally:
-            app.state.started = False
-            await grpc_server.stop(settings.drain_timeout_s)  # NOT_SERVING, then the calls in flight finish
-            if poller is not None:
-                poller.cancel()
-            await registry.close(settings.drain_timeout_s)
+            await lifecycle.stop(registry.close)
 
     app = FastAPI(title="tandem", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.started = False
+    app.state.lifecycle = Lifecycle(settings, background_load=background_load)
     for router in _routers():
         app.include_router(router)
     app.add_api_route("/metrics", _metrics, methods=["GET"])
@@ -101,20 +99,34 @@ async def _remote(app: FastAPI, settings: Settings, engine_path: str, grpc: bool
     remote = RemoteEngine(engine_path)
     metrics = Metrics(CollectorRegistry())
     app.state.settings, app.state.metrics, app.state.engine = settings, metrics, remote
+    lifecycle: Lifecycle = app.state.lifecycle
     # Every worker listens on the gRPC port too; the kernel spreads connections over them (SO_REUSEPORT).
-    grpc_server = GrpcServer(settings, remote, metrics, lambda: app.state.started and remote.ready, reuse_port=True)
+    server = GrpcServer(settings, remote, metrics, lambda: _serving(lifecycle, remote), reuse_port=True)
     if grpc and settings.grpc_port:
-        await grpc_server.start()
+        await server.start()
     await remote.connect()
     gc.collect()
     gc.freeze()
-    app.state.started = True
     try:
         yield
     finally:
-        app.state.started = False
-        await grpc_server.stop(settings.drain_timeout_s)
+        await server.stop(settings.drain_timeout_s)
         await remote.close()
+
+
+def _serving(lifecycle: Lifecycle, engine: Engine) -> bool:
+    return not lifecycle.shutting_down and engine.unready_reason() is None
+
+
+async def _load(registry: LocalEngine, lifecycle: Lifecycle) -> None:
+    """Load the repository; then start polling it, if asked."""
+    await registry.load_all()
+    # Objects made while loading (runtimes, TensorFlow graphs) live as long as the process: keep them out of
+    # the collector's generations so full collections stay short under load (p99 latency).
+    gc.collect()
+    gc.freeze()
+    if registry.settings.poll_interval_s > 0:
+        lifecycle.spawn(every(registry.settings.poll_interval_s, registry.poll, "repository poll"))
 
 
 def _routers() -> list[Any]:

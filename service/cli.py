@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import math
 import signal
 import sys
 from typing import Any
 
 from pydantic import ValidationError
 
-from service.settings import Settings, unknown_env_settings
+from service.settings import Settings, service_link_settings, unknown_env_settings
 
 ALIASES = {"models_dir": ["--models"]}
 EXPORTER_COMMANDS = {"export": "exporters.cli", "import": "exporters.torchserve"}  # module with main(argv) -> int
@@ -64,30 +63,23 @@ def check_startup(settings: Settings) -> None:
 
 
 def serve(argv: list[str]) -> int:
-    """Run uvicorn (and gRPC, in its lifespan) on the configured host and ports until SIGTERM, then drain."""
-    import uvicorn
-
-    from service.app import create_app
-
+    """Listen, load the repository, serve until SIGTERM, then shut down in phases (service.server)."""
+    # Until the server handles signals itself, SIGTERM has nothing to drain: make it a clean exit.
+    signal.signal(signal.SIGTERM, _exit_before_serving)
     settings = load_settings(argv)
+    from service.app import create_app
+    from service.server import run
+
     configure_logging(settings)
+    for name in service_link_settings():
+        log.info("%s holds a Kubernetes service link (a Service named after it), not a setting: ignored", name)
     check_startup(settings)
     workers = worker_count(settings.workers)
     if workers > 1:
         from service import workers as supervisor
 
         return supervisor.run(settings, workers)
-    # uvicorn drains on SIGTERM, then re-raises the signal under the handler it found: make that a clean exit.
-    signal.signal(signal.SIGTERM, _exit_after_drain)
-    uvicorn.run(
-        create_app(settings, grpc=True),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout_s)),  # uvicorn: 0/None = forever
-        server_header=False,
-    )
+    run(create_app(settings, background_load=True, grpc=True), settings)
     return 0
 
 
@@ -103,8 +95,8 @@ def worker_count(workers: str) -> int:
     return available_cpus() if workers == "auto" else int(workers)
 
 
-def _exit_after_drain(signum: int, frame: object) -> None:
-    """SIGTERM outside uvicorn's own handler: before serving (nothing to drain) or after the drain."""
+def _exit_before_serving(signum: int, frame: object) -> None:
+    """SIGTERM while starting (imports, start-up checks): nothing was accepted yet, so exit at once."""
     raise SystemExit(0)
 
 

@@ -20,7 +20,11 @@ class Engine(Protocol):
 
     @property
     def ready(self) -> bool:
-        """Not draining, and every model has a ready version."""
+        """unready_reason() is None."""
+        ...
+
+    def unready_reason(self) -> str | None:
+        """Why the engine cannot serve as configured (loading, no models, a failed model), or None."""
         ...
 
     def names(self) -> list[str]:

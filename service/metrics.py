@@ -17,7 +17,7 @@ ROW_BUCKETS = tuple(float(2**i) for i in range(0, 13))  # 1 .. 4096 rows
 
 
 class Metrics:
-    """The metric set of PROTOCOLS.md §5.2, bound to one registry."""
+    """The metric set of docs/metrics.md, bound to one registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         # The *_created series double what Prometheus stores and no dashboard reads them.

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from service import repository
+from service import readiness, repository
 from service.errors import (
     ModelNotFoundError,
     ModelNotReadyError,
@@ -45,6 +45,8 @@ class Registry:
         self.registered: set[str] = set()  # models loaded through the control API rather than at start-up
         self.listeners: list[Callable[[], None]] = []  # told after every change of what is loaded or its state
         self.closing = False
+        self.loaded = False  # the start-up load has finished, whatever its outcome
+        self._scan_error: str | None = None  # why the repository could not be read
 
     # ----- lookups (hot path) -------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -79,8 +81,12 @@ class Registry:
 
     @property
     def ready(self) -> bool:
-        """Server readiness: not draining, and every model has a ready version."""
-        return not self.closing and all(any(m.ready for m in vs.values()) for vs in self._models.values())
+        """Server readiness: unready_reason() has nothing to say."""
+        return self.unready_reason() is None
+
+    def unready_reason(self) -> str | None:
+        """Why the server is not ready (draining, loading, no models, a model with no ready version), or None."""
+        return readiness.unready_reason(self._models, self.closing, self.loaded, self._scan_error, self.settings)
 
     async def infer(self, request: InferRequest, gone: Callable[[], bool] | None = None) -> InferResponse:
         """Run a validated request; a version-less one caught by a version swap retries on the new default.
@@ -129,9 +135,15 @@ class Registry:
 
     # ----- loading and unloading ----------------------------------------------------------------
     async def load_all(self) -> None:
-        """Load every model in the repository; one failing model never stops the others."""
-        sources = await asyncio.to_thread(repository.scan, self.settings.models_dir)
+        """Load every model in the repository, each LOADING until done; one failing model never stops the others."""
+        sources, self._scan_error = await asyncio.to_thread(repository.scan_or_reason, self.settings.models_dir)
+        if self._scan_error:
+            log.error("%s", self._scan_error)
+        for source in sources.values():
+            wanted = [] if source.error else repository.select_versions(source.config, list(source.versions))
+            self._models[source.name] = {v: LoadedModel(source.name, v, source.config) for v in wanted}
         await asyncio.gather(*(self.load_source(source) for source in sources.values()))
+        self.loaded = True
 
     async def load_source(self, source: ModelSource, overrides: dict[str, float] | None = None) -> list[LoadedModel]:
         """Load the versions the policy selects, warm them, then retire versions no longer wanted."""
@@ -150,23 +162,14 @@ class Registry:
             for model in loaded:
                 current[model.version] = model
             for version in [v for v in current if v not in wanted]:
-                await self._retire(current.pop(version))
+                await self._retire(current.pop(version), self.settings.drain_timeout_s)
             if self._default.get(source.name) not in current:
                 self._default.pop(source.name, None)
             self.changed()
             return [current[v] for v in wanted if v in current]
 
-    async def poll_forever(self) -> None:
-        """Rescan the repository every poll_interval_s: load new models and versions, retire removed ones."""
-        while True:
-            await asyncio.sleep(self.settings.poll_interval_s)
-            try:
-                await self.poll()
-            except Exception:  # a bad scan must not stop later ones
-                log.exception("repository poll failed")
-
     async def poll(self) -> None:
-        """One rescan: reload every model whose wanted versions differ from the loaded ones."""
+        """One rescan: load new models and versions, retire removed ones (run every poll_interval_s)."""
         sources = await asyncio.to_thread(repository.scan, self.settings.models_dir)
         for name, source in sources.items():
             loaded = {v for v, m in self._models.get(name, {}).items() if m.ready}
@@ -184,7 +187,7 @@ class Registry:
             for v in targets:
                 if v not in versions:
                     raise VersionNotFoundError(f"model '{name}' has no version {v}")
-                await self._retire(versions.pop(v))
+                await self._retire(versions.pop(v), self.settings.drain_timeout_s)
             if self._default.get(name) in targets:
                 del self._default[name]
             if not versions:
@@ -201,10 +204,10 @@ class Registry:
         await asyncio.gather(*(self._retire(m, timeout_s) for m in self.all_models()))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _retire(self, model: LoadedModel, timeout_s: float | None = None) -> None:
+    async def _retire(self, model: LoadedModel, timeout_s: float) -> None:
         if model.state is ModelState.READY and model.batcher is not None:
             model.state = ModelState.UNLOADING
-            await model.batcher.stop(drain=True, timeout_s=timeout_s or self.settings.drain_timeout_s)
+            await model.batcher.stop(drain=True, timeout_s=timeout_s)
         model.state = ModelState.UNAVAILABLE
         model.reason = model.reason or "unloaded"
         self._loader.close_runtime(model)

@@ -161,12 +161,14 @@ def read_model(model_dir: Path) -> ModelSource:
     source = ModelSource(model_dir.name, model_dir)
     try:
         source.config = read_config(model_dir)
+        children = [child for child in model_dir.iterdir() if child.is_dir() and VERSION.fullmatch(child.name)]
     except RepositoryError as exc:
         source.error = str(exc)
         return source
-    for child in model_dir.iterdir():
-        if child.is_dir() and VERSION.fullmatch(child.name):
-            source.versions[int(child.name)] = child
+    except OSError as exc:  # the message would hold the path: name the cause only
+        source.error = f"cannot read the model directory ({type(exc).__name__})"
+        return source
+    source.versions = {int(child.name): child for child in children}
     if not source.versions:
         source.error = "no version directories (positive integers) found"
     return source
@@ -181,6 +183,16 @@ def scan(models_dir: Path) -> dict[str, ModelSource]:
         if child.is_dir() and MODEL_NAME.fullmatch(child.name):
             sources[child.name] = read_model(child)
     return sources
+
+
+def scan_or_reason(models_dir: Path) -> tuple[dict[str, ModelSource], str | None]:
+    """Like scan, but a repository that cannot be read gives no models and the reason (which names no path)."""
+    try:
+        return scan(models_dir), None
+    except RepositoryError as exc:
+        return {}, f"cannot read the model repository ({exc})"
+    except OSError as exc:
+        return {}, f"cannot read the model repository ({type(exc).__name__})"
 
 
 def find_model(models_dir: Path, name: str) -> ModelSource | None:

@@ -128,6 +128,7 @@ async def _engine(settings: Settings, path: str) -> None:
 
     from service.control import LocalEngine
     from service.ipc.server import EngineServer
+    from service.lifecycle import every
     from service.metrics import Metrics
 
     registry = LocalEngine(settings, Metrics(CollectorRegistry()))
@@ -141,7 +142,9 @@ async def _engine(settings: Settings, path: str) -> None:
     gc.collect()
     gc.freeze()
     server.mark_loaded()
-    poller = asyncio.create_task(registry.poll_forever()) if settings.poll_interval_s > 0 else None
+    poller = None
+    if settings.poll_interval_s > 0:
+        poller = asyncio.create_task(every(settings.poll_interval_s, registry.poll, "repository poll"))
     await stop.wait()
     if poller is not None:
         poller.cancel()

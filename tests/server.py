@@ -90,17 +90,53 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 30) -> int
     return process.returncode
 
 
-def start_server(
-    repo: Path, log: Path, *flags: str, timeout_s: float = 60, wait_path: str = "/v2/health/live"
-) -> ServerProcess:
-    """Start `python -m service serve --models repo` on free loopback ports and wait until `wait_path` answers."""
-    port, grpc_port = free_port(), free_port()
+def wait_loaded(process: subprocess.Popen[bytes], url: str, log: Path, timeout_s: float) -> None:
+    """Poll /v2/health/ready until start-up loading is over: 200, or a 503 that no longer says it is loading."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"server exited with {process.returncode}:\n{log_tail(log)}")
+            try:
+                response = client.get(f"{url}/v2/health/ready")
+                if response.status_code == 200 or "is not ready: loading" not in response.text:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+    pytest.fail(f"server still loading after {timeout_s:.0f} s:\n{log_tail(log)}")
+
+
+def server_command(repo: Path, port: int, *flags: str) -> list[str]:
+    """`python -m service serve` on loopback; no shutdown grace unless the flags set one (tests stop it often)."""
     command = [sys.executable, "-m", "service", "serve", "--models", str(repo), "--port", str(port)]
-    command += ["--host", "127.0.0.1", "--grpc-port", str(grpc_port), *flags]
+    return [*command, "--host", "127.0.0.1", "--shutdown-grace-s", "0", *flags]
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    """This environment without TANDEM_* variables, plus `extra`."""
     env = {key: value for key, value in os.environ.items() if not key.upper().startswith("TANDEM_")}
-    server = ServerProcess(spawn(command, log, ROOT, env), port, repo, log, grpc_port)
+    return {**env, **extra}
+
+
+def start_server(
+    repo: Path,
+    log: Path,
+    *flags: str,
+    timeout_s: float = 60,
+    wait_path: str | None = None,
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """Start the server on a free loopback port; wait until `wait_path` answers 200, or else until it has loaded."""
+    port, grpc_port = free_port(), free_port()
+    command = server_command(repo, port, "--grpc-port", str(grpc_port), *flags)
+    process = spawn(command, log, ROOT, env if env is not None else server_env())
+    server = ServerProcess(process, port, repo, log, grpc_port)
     try:
-        wait_ready(server.process, f"{server.url}{wait_path}", log, "server", timeout_s)
+        if wait_path is None:
+            wait_loaded(server.process, server.url, log, timeout_s)
+        else:
+            wait_ready(server.process, f"{server.url}{wait_path}", log, "server", timeout_s)
     except BaseException:
         stop_server(server)
         raise

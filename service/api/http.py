@@ -182,8 +182,9 @@ def check_name(name: str) -> str:
 
 
 def not_ready(model: ModelInfo) -> ModelNotReadyError:
-    """The 503 for a version that cannot serve, with its reason."""
-    return ModelNotReadyError(f"{model.label} is not ready: {model.reason or model.state.value.lower()}")
+    """The 503 for a version that cannot serve, naming its state (LOADING, UNLOADING, UNAVAILABLE) and reason."""
+    reason = f" ({model.reason})" if model.reason else ""
+    return ModelNotReadyError(f"{model.label} is not ready: {model.state.value}{reason}")
 
 
 def require_control(request: Request) -> None:

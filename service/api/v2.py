@@ -42,7 +42,7 @@ async def model_metadata(request: Request, name: str, version: str | None = None
             "platform": PLATFORMS[model.format],
             "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in model.inputs],
             "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in model.outputs],
-            "parameters": {"device": model.device, "degraded": model.degraded},
+            "parameters": {"device": model.device, "degraded": model.degraded, "state": model.state.value},
         }
     )
 

@@ -42,6 +42,7 @@ class RemoteEngine:
         self._models: dict[str, dict[int, ModelView]] = {}
         self._defaults: dict[str, int] = {}
         self._engine_ready = False
+        self._unready: str | None = "the engine process is not available"
         self.registered: set[str] = set()
         self.closing = False
 
@@ -108,6 +109,7 @@ class RemoteEngine:
         self._models, self._defaults = models, {k: int(v) for k, v in snapshot["defaults"].items()}
         self.registered = set(snapshot["registered"])
         self._engine_ready = bool(snapshot["ready"])
+        self._unready = snapshot["unready"]
         self._snapshot_seen.set()
 
     # ----- lookups ------------------------------------------------------------------------------------
@@ -115,6 +117,12 @@ class RemoteEngine:
     def ready(self) -> bool:
         """The engine is connected and ready, and this worker is not draining."""
         return self._engine_ready and not self.closing
+
+    def unready_reason(self) -> str | None:
+        """Why not ready (the engine's own reason, or that it is unreachable); None when ready."""
+        if not self._snapshot_seen.is_set():
+            return "the engine process is not available"
+        return self._unready
 
     def names(self) -> list[str]:
         """Known model names, sorted."""

@@ -42,6 +42,7 @@ class EngineServer:
             "defaults": defaults,
             "registered": sorted(self.registry.registered),
             "ready": self.loaded and self.registry.ready,
+            "unready": self.registry.unready_reason() if self.loaded else "loading the model repository",
         }
 
     def mark_loaded(self) -> None:

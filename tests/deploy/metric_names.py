@@ -1,10 +1,10 @@
-"""The metric set of PROTOCOLS.md section 5.2, and the PromQL names each metric exposes."""
+"""The metric set of docs/metrics.md, and the PromQL names each metric exposes."""
 
 from __future__ import annotations
 
 import re
 
-# name -> Prometheus type, exactly as PROTOCOLS.md 5.2 lists them (counters with their _total).
+# name -> Prometheus type, exactly as docs/metrics.md lists them (counters with their _total).
 PROTOCOL_METRICS: dict[str, str] = {
     "tandem_requests_total": "counter",
     "tandem_request_duration_seconds": "histogram",
@@ -25,12 +25,12 @@ PROTOCOL_METRICS: dict[str, str] = {
     "tandem_build_info": "gauge",
 }
 
-# Metrics the project exports beyond PROTOCOLS.md 5.2; docs/metrics.md lists them with the rest.
+# Metrics added since that set; docs/metrics.md lists them with the rest.
 ADDED_METRICS: dict[str, str] = {
     "tandem_gpu_memory_budget_bytes": "gauge",  # model.json gpu_memory_mb budgets held per GPU
 }
 
-# PROTOCOLS.md 5.2's PromQL equivalents over a 30 s window; docs/deployment.md quotes them with [5m].
+# docs/metrics.md's example PromQL over a 30 s window; docs/deployment.md quotes them with [5m].
 DOC_QUERIES: dict[str, str] = {
     "mean batch size": "rate(tandem_inference_rows_total[30s]) / rate(tandem_batches_total[30s])",
     "mean latency": "rate(tandem_request_duration_seconds_sum[30s]) / rate(tandem_request_duration_seconds_count[30s])",

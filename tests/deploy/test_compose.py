@@ -253,11 +253,12 @@ def test_ports_published_on_loopback_only(base: dict[str, Any]) -> None:
             assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond loopback"
 
 
-def test_stop_grace_period_exceeds_drain(base: dict[str, Any]) -> None:
+def test_stop_grace_period_exceeds_grace_and_drain(base: dict[str, Any]) -> None:
     tandem = base["services"]["tandem"]
-    default = Settings.model_fields["drain_timeout_s"].default
-    drain = float(tandem["environment"].get("TANDEM_DRAIN_TIMEOUT_S", default))
-    assert seconds(tandem["stop_grace_period"]) > drain, "docker would SIGKILL the server mid-drain"
+    environment = tandem["environment"]
+    grace = float(environment.get("TANDEM_SHUTDOWN_GRACE_S", Settings.model_fields["shutdown_grace_s"].default))
+    drain = float(environment.get("TANDEM_DRAIN_TIMEOUT_S", Settings.model_fields["drain_timeout_s"].default))
+    assert seconds(tandem["stop_grace_period"]) > grace + drain, "docker would SIGKILL the server mid-drain"
 
 
 @pytest.mark.parametrize("path", [BASE, CPU], ids=["docker-compose.yml", "docker-compose.cpu.yml"])

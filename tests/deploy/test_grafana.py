@@ -1,4 +1,4 @@
-"""The Grafana dashboard queries only PROTOCOLS.md 5.2 metrics, and the server really exposes them."""
+"""The Grafana dashboard queries only the documented metrics, and the server really exposes them."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_dashboard_uses_only_protocol_metric_names() -> None:
     allowed = series_names(PROTOCOL_METRICS)
     for where, expr in queries(dashboard()):
         unknown = referenced_metrics(expr) - allowed
-        assert not unknown, f"{where} queries {sorted(unknown)}, not in PROTOCOLS.md 5.2: {expr}"
+        assert not unknown, f"{where} queries {sorted(unknown)}, not in docs/metrics.md: {expr}"
 
 
 def test_dashboard_covers_the_issue() -> None:
@@ -108,7 +108,7 @@ def test_live_metrics_expose_every_dashboard_metric(server: Server) -> None:
     assert not missing, f"the dashboard queries metrics the server does not expose: {missing}"
     for name, kind in PROTOCOL_METRICS.items():
         if name in families:
-            assert families[name] == kind, f"{name} is a {families[name]}, PROTOCOLS.md 5.2 says {kind}"
+            assert families[name] == kind, f"{name} is a {families[name]}, docs/metrics.md says {kind}"
 
 
 def test_protocol_set_matches_the_project_metrics_doc() -> None:
@@ -119,5 +119,5 @@ def test_protocol_set_matches_the_project_metrics_doc() -> None:
     documented = {name for row in rows for name in referenced_metrics(row.split("|")[1])}
     expected = set(PROTOCOL_METRICS) | set(ADDED_METRICS)
     assert documented == expected, (
-        f"docs/metrics.md and PROTOCOLS.md 5.2 (plus ADDED_METRICS) differ: {sorted(documented ^ expected)}"
+        f"docs/metrics.md and tests/deploy/metric_names.py differ: {sorted(documented ^ expected)}"
     )

@@ -37,9 +37,26 @@ def one(kind: str) -> dict[str, Any]:
     return matches[0]
 
 
-def drain_seconds(container: dict[str, Any]) -> float:
+def setting(container: dict[str, Any], name: str) -> Any:
+    """A server setting as the container sets it, else its default."""
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
-    return float(env.get("TANDEM_DRAIN_TIMEOUT_S", Settings.model_fields["drain_timeout_s"].default))
+    return env.get(f"TANDEM_{name.upper()}", Settings.model_fields[name].default)
+
+
+def drain_seconds(container: dict[str, Any]) -> float:
+    return float(setting(container, "drain_timeout_s"))
+
+
+def shutdown_seconds(container: dict[str, Any]) -> float:
+    """preStop sleep, then tandem's grace, then its drain: what the pod needs between deletion and exit."""
+    pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    return pre_stop + float(setting(container, "shutdown_grace_s")) + drain_seconds(container)
+
+
+def pods() -> list[tuple[str, dict[str, Any]]]:
+    """The pod specs tandem runs in: the Deployment's template and the InferenceService's predictor."""
+    predictor = one("InferenceService")["spec"]["predictor"]
+    return [("Deployment", one("Deployment")["spec"]["template"]["spec"]), ("InferenceService", predictor)]
 
 
 def image_user() -> tuple[int, int]:
@@ -88,8 +105,7 @@ def test_deployment_probes_gpu_and_grace() -> None:
     assert container["readinessProbe"]["grpc"] == {"port": ports["grpc"]}  # grpc.health.v1, as /v2/health/ready
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert int(container["resources"]["limits"]["nvidia.com/gpu"]) == 1
-    pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
-    assert pod["terminationGracePeriodSeconds"] > drain_seconds(container) + pre_stop
+    assert pod["terminationGracePeriodSeconds"] > shutdown_seconds(container)
     assert unknown_env_settings({e["name"]: str(e.get("value")) for e in container.get("env", [])}) == []
 
 
@@ -141,10 +157,12 @@ def test_kserve_inference_service_is_a_v2_custom_predictor() -> None:
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", isvc["metadata"]["name"]), "not a DNS-1035 label"
     predictor = isvc["spec"]["predictor"]
-    allowed = {"minReplicas", "maxReplicas", "containers", "volumes", "terminationGracePeriodSeconds"}
+    pod_fields = {"containers", "volumes", "terminationGracePeriodSeconds", "automountServiceAccountToken"}
+    pod_fields |= {"enableServiceLinks", "securityContext", "tolerations"}
+    allowed = {"minReplicas", "maxReplicas", *pod_fields}
     assert set(predictor) <= allowed, f"unexpected predictor fields {set(predictor) - allowed}"
     (container,) = predictor["containers"]
-    assert predictor["terminationGracePeriodSeconds"] > drain_seconds(container)
+    assert predictor["terminationGracePeriodSeconds"] > shutdown_seconds(container)
     assert container["name"] == "kserve-container"
     assert container["image"] == deployment["spec"]["template"]["spec"]["containers"][0]["image"]
     port = container["ports"][0]["containerPort"]
@@ -157,14 +175,33 @@ def test_kserve_inference_service_is_a_v2_custom_predictor() -> None:
     assert container["securityContext"]["runAsNonRoot"] is True
     mounts = {m["name"] for m in container.get("volumeMounts", [])}
     assert mounts <= {v["name"] for v in predictor.get("volumes", [])}
-    # The container itself is a core/v1 Container: validate it through a throwaway Pod.
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "isvc-check"},
-        "spec": {"containers": [container], "volumes": predictor.get("volumes", [])},
-    }
+    # The predictor inlines a core/v1 PodSpec: validate those fields through a throwaway Pod.
+    spec = {key: value for key, value in predictor.items() if key in pod_fields}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "isvc-check"}, "spec": spec}
     kubernetes_validate.validate(pod, VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "InferenceService"])
+def test_pods_start_and_stop_as_the_lifecycle_expects(kind: str) -> None:
+    pod = dict(pods())[kind]
+    (container,) = pod["containers"]
+    assert pod["enableServiceLinks"] is False  # the server copes with them too, but they serve no purpose
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == "/v2/health/live"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300  # a cold node's slow imports
+    assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    assert pod["terminationGracePeriodSeconds"] >= shutdown_seconds(container) + 5
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "InferenceService"])
+def test_thread_pools_are_sized_explicitly_when_there_is_no_cpu_limit(kind: str) -> None:
+    (container,) = dict(pods())[kind]["containers"]
+    resources = container["resources"]
+    if "cpu" not in resources.get("limits", {}):  # no quota: 0 (automatic) would mean every core of the node
+        assert int(setting(container, "intra_op_threads")) == int(resources["requests"]["cpu"])
 
 
 def test_kustomization_lists_existing_files() -> None:

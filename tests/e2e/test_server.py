@@ -149,42 +149,44 @@ def test_64_concurrent_requests_all_succeed_and_form_batches(server: Server) -> 
 # ----- graceful shutdown --------------------------------------------------------------------------
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> None:
-    # A model slow enough to run off the event loop, and a long batch delay, keep requests queued at the signal.
-    repo = make_repository(tmp_path / "models", slow=True, max_batch_size=64, max_batch_delay_ms=3000)
-    server = start(repo, tmp_path / "server.log")
-    # Clients are built before any request is sent (building one takes milliseconds of CPU), so that all 16
-    # requests reach the server together; the signal then waits until every one of them is in (queued, or
-    # run in the first batch, which an idle model starts at once).
-    clients = [httpx.Client(base_url=server.url, timeout=30) for _ in range(16)]
-    rows_before = sum(s.value for s in metric_samples(server.url, "tandem_inference_rows_total"))
+def test_sigterm_drains_queued_requests_and_exits_zero(tmp_path: Path) -> None:
+    # One request per runtime call and a model that takes a good fraction of a second per call: requests queue
+    # behind each other, and on a slower (busier) machine they stay queued longer, so the test needs no timing.
+    repo = tmp_path / "models"
+    onnx_slow_doubler(repo / "double" / "1" / "model.onnx", work=1536)
+    (repo / "double" / "model.json").write_text(json.dumps({"max_batch_size": 0}))
+    drain_s = 300  # never reached: the drain ends when the queue is worked through
+    flags = ("--device", "cpu", "--drain-timeout-s", str(drain_s))
+    server = start_server(repo, tmp_path / "server.log", *flags, wait_path="/v2/health/ready")
     try:
 
         def one(value: int) -> int:
-            response = infer_json(clients[value], value)
-            assert response.json()["outputs"][0]["data"] == [2.0 * value] * 4
-            return response.status_code
+            with httpx.Client(base_url=server.url, timeout=drain_s) as client:
+                response = infer_json(client, value)
+                assert response.json()["outputs"][0]["data"] == [2.0 * value] * 4
+                return response.status_code
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
             in_flight = [pool.submit(one, i) for i in range(16)]
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                waiting = sum(s.value for s in metric_samples(server.url, "tandem_queue_requests"))
-                ran = sum(s.value for s in metric_samples(server.url, "tandem_inference_rows_total")) - rows_before
-                if waiting + ran >= 16:
-                    break
-                time.sleep(0.02)
-            assert sum(not f.done() for f in in_flight) >= 8, "requests finished before the signal"
-            signalled = time.monotonic()
+            give_up = time.monotonic() + drain_s  # a bound for a broken server, not a timing assumption
+            while (received := in_server(server) + sum(f.done() for f in in_flight)) < 16:
+                assert server.process.poll() is None, server.output()
+                assert time.monotonic() < give_up, f"{received} requests received:\n{server.output()}"
+                time.sleep(0.02)  # polling observables: the queue and the running calls
+            queued = sum(s.value for s in metric_samples(server.url, "tandem_queue_requests"))
             server.process.send_signal(signal.SIGTERM)
-            codes = [f.result(timeout=DRAIN_S + 5) for f in in_flight]
+            codes = [f.result(timeout=drain_s) for f in in_flight]
+        assert queued >= 1  # serial calls of a good fraction of a second each: most are still waiting
         assert codes == [200] * 16
-        returncode = server.process.wait(timeout=DRAIN_S + 5)
-        assert time.monotonic() - signalled < DRAIN_S
-        assert returncode == 0, server.output()
+        assert server.process.wait(timeout=drain_s) == 0, server.output()
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{server.url}/v2/health/live", timeout=2)
     finally:
-        for client in clients:
-            client.close()
         stop(server)
+
+
+def in_server(server: Server) -> float:
+    """Requests the server holds now, from one scrape: waiting in a batcher or running (one per call here)."""
+    text = httpx.get(f"{server.url}/metrics", timeout=5).text
+    names = ("tandem_queue_requests", "tandem_inflight_batches")
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name in names)

@@ -109,3 +109,18 @@ def test_python_dash_m_service_refuses_bad_settings_before_serving(tmp_path: Pat
     result = run_serve(env, "--models", str(tmp_path), "--port", "0")
     assert result.returncode != 0
     assert "port" in result.stderr
+
+
+def test_kubernetes_service_links_do_not_stop_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    links = {
+        "TANDEM_SERVICE_HOST": "10.0.0.1",
+        "TANDEM_SERVICE_PORT": "8000",
+        "TANDEM_PORT": "tcp://10.0.0.1:8000",
+        "TANDEM_PORT_8000_TCP": "tcp://10.0.0.1:8000",
+    }
+    for key, value in links.items():
+        monkeypatch.setenv(key, value)
+    assert load_settings(["--models", "models"]).port == 8000
+    monkeypatch.setenv("TANDEM_MAX_BATCH_SIZ", "4")
+    with pytest.raises(SystemExit, match=r"unknown setting\(s\) in the environment: TANDEM_MAX_BATCH_SIZ$"):
+        load_settings([])

@@ -24,6 +24,7 @@ from service.errors import (
     VersionNotFoundError,
 )
 from service.inference import InferRequest, validate
+from service.lifecycle import every
 from service.metrics import Metrics
 from service.model import LoadedModel, ModelState
 from service.settings import Settings
@@ -335,10 +336,10 @@ async def test_poll_picks_up_new_versions_and_drops_removed_models(tmp_path: Pat
         assert out["version"].tolist() == [2]
 
 
-async def test_poll_forever_rescans_on_its_interval(tmp_path: Path) -> None:
+async def test_polling_rescans_on_its_interval(tmp_path: Path) -> None:
     write_json_model(tmp_path, "m", 1)
     async with loaded(tmp_path, poll_interval_s=0.05) as registry:
-        poller = asyncio.create_task(registry.poll_forever())
+        poller = asyncio.create_task(every(registry.settings.poll_interval_s, registry.poll, "repository poll"))
         try:
             write_json_model(tmp_path, "m", 2)
             for _ in range(250):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings, unknown_env_settings
+from service.settings import Settings, service_link_settings, unknown_env_settings
 
 
 @pytest.fixture(autouse=True)
@@ -113,3 +113,65 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValidationError):
         settings.port = 1  # type: ignore[misc]
+
+
+KUBERNETES_SERVICE_LINKS = {  # a Service `tandem` (port http 8000) and a Service `tandem-grpc` on IPv6
+    "TANDEM_SERVICE_HOST": "10.96.12.34",
+    "TANDEM_SERVICE_PORT": "8000",
+    "TANDEM_SERVICE_PORT_HTTP": "8000",
+    "TANDEM_PORT": "tcp://10.96.12.34:8000",
+    "TANDEM_PORT_8000_TCP": "tcp://10.96.12.34:8000",
+    "TANDEM_PORT_8000_TCP_PROTO": "tcp",
+    "TANDEM_PORT_8000_TCP_PORT": "8000",
+    "TANDEM_PORT_8000_TCP_ADDR": "10.96.12.34",
+    "TANDEM_GRPC_SERVICE_HOST": "fd00::1234",
+    "TANDEM_GRPC_SERVICE_PORT_GRPC_WEB": "9000",
+    "TANDEM_GRPC_PORT": "tcp://[fd00::1234]:9000",
+    "TANDEM_GRPC_PORT_9000_UDP": "udp://[fd00::1234]:9000",
+    "TANDEM_GRPC_PORT_9000_UDP_ADDR": "fd00::1234",
+}
+
+
+def test_kubernetes_service_links_are_not_unknown_settings() -> None:
+    assert unknown_env_settings(KUBERNETES_SERVICE_LINKS) == []
+    assert service_link_settings(KUBERNETES_SERVICE_LINKS) == ["TANDEM_PORT"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TANDEM_MAX_BATCH_SIZ", "4"),
+        ("TANDEM_SERVICE_HOST", "not-an-address"),  # the name of a link, but not a value Kubernetes writes
+        ("TANDEM_SERVICE_PORT", "http"),
+        ("TANDEM_MODELS_PORT", "8000"),  # <S>_PORT always holds a URL
+        ("TANDEM_PORT_8000_TCP", "10.0.0.1"),
+        ("TANDEM_SERVICE_HOST_X", "10.0.0.1"),
+    ],
+)
+def test_a_misspelt_setting_is_still_refused_beside_service_links(variable: str, value: str) -> None:
+    assert unknown_env_settings({**KUBERNETES_SERVICE_LINKS, variable: value}) == [variable]
+
+
+def test_a_service_link_in_tandem_port_leaves_the_port_to_the_flag_or_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in KUBERNETES_SERVICE_LINKS.items():
+        monkeypatch.setenv(key, value)
+    assert Settings().port == 8000
+    assert Settings(port=9001).port == 9001
+    monkeypatch.setenv("TANDEM_PORT", "8080")  # a port the pod spec sets itself wins over the link, as in Kubernetes
+    assert Settings().port == 8080
+    monkeypatch.setenv("TANDEM_PORT", "tcp://10.0.0.1")  # not a link's shape: still a bad port, named
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    assert [error["loc"] for error in info.value.errors()] == [("port",)]
+
+
+def test_lifecycle_defaults_suit_kubernetes() -> None:
+    settings = Settings()
+    assert settings.strict_readiness is True
+    assert settings.shutdown_grace_s == 5.0
+    assert settings.drain_timeout_s == 20.0
+    assert 8 * 1024 <= settings.max_request_line_bytes <= 16 * 1024
+    assert 8 * 1024 <= settings.max_header_line_bytes <= 16 * 1024
+    assert settings.max_header_bytes >= settings.max_header_line_bytes
