@@ -134,7 +134,7 @@ KUBERNETES_SERVICE_LINKS = {  # a Service `tandem` (port http 8000) and a Servic
 
 def test_kubernetes_service_links_are_not_unknown_settings() -> None:
     assert unknown_env_settings(KUBERNETES_SERVICE_LINKS) == []
-    assert service_link_settings(KUBERNETES_SERVICE_LINKS) == ["TANDEM_PORT"]
+    assert service_link_settings(KUBERNETES_SERVICE_LINKS) == ["TANDEM_GRPC_PORT", "TANDEM_PORT"]
 
 
 @pytest.mark.parametrize(
