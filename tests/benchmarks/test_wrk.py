@@ -1,0 +1,67 @@
+"""The benchmark's wrk glue: the command line it builds and the summary post.lua prints."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from benchmarks import wrk
+
+# What wrk 4.1 prints with benchmarks/post.lua: its own report, then the done() hook's line.
+OUTPUT = """\
+Running 10s test @ http://127.0.0.1:41234/v2/models/mnist_mlp/infer
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    14.72ms    3.10ms  48.20ms   81.00%
+    Req/Sec     4.35k   210.11     4.80k    70.00%
+  43512 requests in 10.00s, 9.10MB read
+  Non-2xx or 3xx responses: 12
+Requests/sec:   4350.12
+Transfer/sec:    931.22KB
+WRK_RESULT {"duration_us": 10002000, "requests": 43512, "bytes": 9542000, "status_errors": 12, \
+"connect_errors": 0, "read_errors": 1, "write_errors": 0, "timeouts": 2, "mean_us": 14720.5, "max_us": 48200, \
+"p50_us": 14100, "p90_us": 18000, "p99_us": 24100, "p999_us": 40000}
+"""
+
+
+def test_parse_reads_the_done_hook_line() -> None:
+    result = wrk.parse(OUTPUT)
+    assert result.requests == 43512
+    assert result.ok == 43500
+    assert result.rps == pytest.approx(43500 / 10.002)
+    assert result.socket_errors == 3
+    assert (result.p50_us, result.p99_us, result.p999_us) == (14100, 24100, 40000)
+    assert result.mean_us == 14720.5
+
+
+def test_parse_without_the_line_says_what_wrk_printed() -> None:
+    with pytest.raises(ValueError, match=r"no WRK_RESULT line.*unable to connect"):
+        wrk.parse("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+def test_post_lua_prints_every_field_parse_expects() -> None:
+    printed = re.findall(r'"(\w+)": %', wrk.LUA_SCRIPT.read_text())
+    assert printed == [f.name for f in dataclasses.fields(wrk.WrkResult)]
+
+
+def test_command_pins_wrk_and_passes_body_and_headers_to_the_script() -> None:
+    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": "151"}
+    cmd = wrk.command("http://127.0.0.1:9/v2/models/m/infer", Path("b.body"), headers, 64, 10, "1")
+    assert cmd[:3] == ["taskset", "-c", "1"]
+    assert cmd[3:7] == ["wrk", "-t1", "-c64", "-d10s"]
+    assert cmd[cmd.index("-s") + 1] == str(wrk.LUA_SCRIPT)
+    assert cmd[cmd.index("--") :] == [
+        "--",
+        "b.body",
+        "Content-Type:application/octet-stream",
+        "Inference-Header-Content-Length:151",
+    ]
+
+
+def test_command_never_starts_more_threads_than_connections() -> None:
+    cmd = wrk.command("http://127.0.0.1:9/", Path("b.body"), {}, 1, 3, None)
+    assert cmd[0] == "wrk"
+    assert "-t1" in cmd
