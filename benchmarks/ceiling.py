@@ -11,6 +11,7 @@ from pathlib import Path
 
 from benchmarks.bodies import pixels
 from benchmarks.models import BenchModel
+from benchmarks.servers import cpu_set
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def pinned(cpus: str | None) -> Iterator[None]:
     """Run this process on cpus (e.g. "0") for the duration of the block; None leaves it unpinned."""
     before = os.sched_getaffinity(0)
     if cpus is not None:
-        os.sched_setaffinity(0, {int(cpu) for cpu in cpus.split(",")})
+        os.sched_setaffinity(0, cpu_set(cpus))
     try:
         yield
     finally:

@@ -12,7 +12,7 @@ from benchmarks.wrk import WrkResult
 
 HEADER = (
     f"{'setup':<9} {'server':<18} {'model':<10} {'workload':<13} {'c':>4} {'req/s':>8} {'rows/s':>9} "
-    f"{'p50 ms':>7} {'p99 ms':>7} {'>=400':>6} {'sock.err':>8}  ratio"
+    f"{'p50 ms':>7} {'p99 ms':>7} {'>=400':>6} {'sock.err':>8} {'other':>5}  ratio"
 )
 
 
@@ -26,6 +26,7 @@ class Row:
     result: WrkResult
     rows: int
     probe: ProbeResult | None = None
+    other_cores: float = 0.0  # CPU other processes took from the server's CPUs meanwhile
 
     @property
     def rows_per_s(self) -> float:
@@ -103,7 +104,7 @@ def format_row(row: Row, ratio: str) -> str:
     return (
         f"{row.setup:<9} {row.server.name:<18} {row.level.model.name:<10} {row.level.workload:<13} "
         f"{row.level.connections:>4} {r.rps:>8.0f} {row.rows_per_s:>9.0f} {r.p50_us / 1000:>7.2f} "
-        f"{r.p99_us / 1000:>7.2f} {r.status_errors:>6} {r.socket_errors:>8}  {ratio}"
+        f"{r.p99_us / 1000:>7.2f} {r.status_errors:>6} {r.socket_errors:>8} {row.other_cores:>5.2f}  {ratio}"
     )
 
 

@@ -28,6 +28,11 @@ class Setup:
     client_cpus: str | None
 
 
+def cpu_set(cpus: str | None) -> set[int]:
+    """The CPUs of a taskset list like "0" or "0,1"; None: every CPU this process may use."""
+    return {int(cpu) for cpu in cpus.split(",")} if cpus else set(os.sched_getaffinity(0))
+
+
 def setups() -> dict[str, Setup]:
     """one-core: server on the first allowed CPU, wrk on the second; all-core: both unpinned."""
     cpus = sorted(os.sched_getaffinity(0))
@@ -35,6 +40,14 @@ def setups() -> dict[str, Setup]:
     if len(cpus) >= 2:
         found["one-core"] = Setup("one-core", str(cpus[0]), str(cpus[1]))
     return found
+
+
+@dataclass(frozen=True)
+class Running:
+    """A started server: where it listens and its process id."""
+
+    base: str
+    pid: int
 
 
 @dataclass(frozen=True)
@@ -68,8 +81,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(spec: ServerSpec, setup: Setup, repository: Path, log: Path) -> Iterator[str]:
-    """Start the server (pinned to setup.server_cpus), yield its base URL once ready, stop it on the way out."""
+def running(spec: ServerSpec, setup: Setup, repository: Path, log: Path) -> Iterator[Running]:
+    """Start the server (pinned to setup.server_cpus), yield it once ready, stop it on the way out."""
     port = free_port()
     cmd = server_command(spec, repository, port)
     if setup.server_cpus is not None:
@@ -81,7 +94,7 @@ def running(spec: ServerSpec, setup: Setup, repository: Path, log: Path) -> Iter
         try:
             base = f"http://127.0.0.1:{port}"
             _wait_ready(proc, base, log)
-            yield base
+            yield Running(base, proc.pid)
         finally:
             _stop(proc)
 

@@ -1,14 +1,17 @@
-"""The benchmark's wrk glue: the command line it builds and the summary post.lua prints."""
+"""The benchmark's measuring glue: wrk's command line and summary, and the CPU accounting beside it."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks import wrk
+from benchmarks import cpu, wrk
 
 # What wrk 4.1 prints with benchmarks/post.lua: its own report, then the done() hook's line.
 OUTPUT = """\
@@ -65,3 +68,33 @@ def test_command_never_starts_more_threads_than_connections() -> None:
     cmd = wrk.command("http://127.0.0.1:9/", Path("b.body"), {}, 1, 3, None)
     assert cmd[0] == "wrk"
     assert "-t1" in cmd
+
+
+def test_busy_ticks_sums_user_nice_system_and_steal_of_the_chosen_cpus() -> None:
+    stat = (
+        "cpu  900 9 90 9000 9 9 9 9 0 0\n"
+        "cpu0 100 1 10 1000 5 6 7 2 0 0\n"
+        "cpu1 300 3 30 3000 5 6 7 4 0 0\n"
+        "intr 12345 0 0\n"
+    )
+    assert cpu.busy_ticks({0}, stat) == 113
+    assert cpu.busy_ticks({0, 1}, stat) == 113 + 337
+
+
+def test_tree_seconds_counts_a_process_and_its_children() -> None:
+    burn = (
+        "import sys, time\n"
+        "end = time.process_time() + 0.2\n"
+        "while time.process_time() < end: pass\n"
+        "print('ok', flush=True)\n"
+        "sys.stdin.read()"
+    )
+    child = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"ok\n"  # the child has burnt its 0.2 s
+        child_seconds = cpu.tree_seconds(child.pid)
+        assert child_seconds >= 0.15
+        assert cpu.tree_seconds(os.getpid()) >= child_seconds
+    finally:
+        child.communicate(b"")
