@@ -23,6 +23,7 @@ class Ceiling:
     rows: int
     calls: int
     seconds: float
+    other_cores: float = 0.0  # CPU other processes took from the same CPUs meanwhile
 
     @property
     def rows_per_s(self) -> float:

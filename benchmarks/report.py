@@ -141,7 +141,7 @@ def render(rows: list[Row], ceilings: list[Ceiling]) -> str:
     for ceiling in ceilings:
         lines.append(
             f"  {ceiling.setup:<9} {ceiling.model:<10} batch {ceiling.rows:<3} {ceiling.rows_per_s:>10.0f} rows/s"
-            f"  {ceiling.us_per_call:>8.1f} us/call"
+            f"  {ceiling.us_per_call:>8.1f} us/call  other {ceiling.other_cores:.2f}"
         )
     lines += ["", HEADER]
     lines += [format_row(row, ratio_text(row, rows, ceilings)) for row in rows]

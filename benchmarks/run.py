@@ -9,22 +9,36 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from benchmarks import ceiling, wrk
 from benchmarks.bodies import WORKLOADS, Body
 from benchmarks.cpu import CpuWatch, wait_quiet
-from benchmarks.models import CNN, MLP, build_artifacts, write_repository
+from benchmarks.models import CNN, MLP, BenchModel, build_artifacts, write_repository
 from benchmarks.probe import Probe
 from benchmarks.report import Row, format_row, render
 from benchmarks.scenarios import DEFAULT_SCENARIOS, SCENARIOS, Group, Level, Options, parse_variant, plan
 from benchmarks.servers import Running, Setup, cpu_set, running, setups
+
+
+class Disturbed(Protocol):
+    """A measurement that knows how much CPU other processes took meanwhile."""
+
+    @property
+    def other_cores(self) -> float:
+        """Cores' worth of CPU."""
+        ...
+
+
+T = TypeVar("T", bound=Disturbed)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -84,9 +98,34 @@ class Bench:
         for model in (MLP, CNN):
             artifact = self.store / model.name / "1" / "model.onnx"
             for rows in (1, 64):
-                found = ceiling.measure(setup.name, model, artifact, rows, self.args.ceiling_seconds, setup.server_cpus)
+                measure = functools.partial(self.one_ceiling, setup, model, artifact, rows)
+                found = self.quietly(setup, os.getpid(), measure)
                 self.ceilings.append(found)
                 print(f"ceiling {setup.name} {model.name} batch {rows}: {found.rows_per_s:.0f} rows/s", flush=True)
+
+    def one_ceiling(self, setup: Setup, model: BenchModel, artifact: Path, rows: int) -> ceiling.Ceiling:
+        """One timed in-process measurement and the CPU others took meanwhile."""
+        with CpuWatch(cpu_set(setup.server_cpus), os.getpid(), False) as watch:
+            found = ceiling.measure(setup.name, model, artifact, rows, self.args.ceiling_seconds, setup.server_cpus)
+        return dataclasses.replace(found, other_cores=watch.other_cores)
+
+    def quietly(self, setup: Setup, pid: int, measure: Callable[[], T]) -> T:
+        """Measure; on a busy shared machine wait for quiet first and retry, keeping the least disturbed result."""
+        server_cpus = cpu_set(setup.server_cpus)
+        shared = pid != os.getpid() and not server_cpus.isdisjoint(cpu_set(setup.client_cpus))
+        best: T | None = None
+        for attempt in range(1 + max(0, self.args.retries)):
+            if self.args.quiet_wait > 0:
+                wait_quiet(server_cpus, pid, shared, self.args.max_other, self.args.quiet_wait)
+            found = measure()
+            if best is None or found.other_cores < best.other_cores:
+                best = found
+            if found.other_cores <= self.args.max_other:
+                return found
+            if attempt < self.args.retries:
+                print(f"  other processes took {found.other_cores:.2f} cores meanwhile: measuring again", flush=True)
+        assert best is not None
+        return best
 
     def measure_group(self, setup: Setup, group: Group) -> None:
         """Start the group's server, run its levels back to back, stop it."""
@@ -101,22 +140,8 @@ class Bench:
                 print(format_row(row, ""), flush=True)
 
     def measure_level(self, setup: Setup, group: Group, level: Level, server: Running) -> Row:
-        """Measure a level; on a busy shared machine wait for quiet first and retry, keeping the least disturbed."""
-        best: Row | None = None
-        for attempt in range(1 + max(0, self.args.retries)):
-            if self.args.quiet_wait > 0:
-                server_cpus = cpu_set(setup.server_cpus)
-                shared = not server_cpus.isdisjoint(cpu_set(setup.client_cpus))
-                wait_quiet(server_cpus, server.pid, shared, self.args.max_other, self.args.quiet_wait)
-            row = self.measure_once(setup, group, level, server)
-            if best is None or row.other_cores < best.other_cores:
-                best = row
-            if row.other_cores <= self.args.max_other:
-                break
-            if attempt < self.args.retries:
-                print(f"  other processes took {row.other_cores:.2f} cores meanwhile: measuring again", flush=True)
-        assert best is not None
-        return best
+        """One level, remeasured when other processes disturbed it."""
+        return self.quietly(setup, server.pid, functools.partial(self.measure_once, setup, group, level, server))
 
     def measure_once(self, setup: Setup, group: Group, level: Level, server: Running) -> Row:
         """Warm up, then one measured wrk run (with the probe alongside when the level asks for it)."""
