@@ -23,12 +23,18 @@ class Ceiling:
     rows: int
     calls: int
     seconds: float
+    cpu_seconds: float  # the measuring thread's CPU time: what the calls cost however the CPU was shared
     other_cores: float = 0.0  # CPU other processes took from the same CPUs meanwhile
 
     @property
     def rows_per_s(self) -> float:
         """Rows (samples) per second."""
         return self.calls * self.rows / self.seconds
+
+    @property
+    def rows_per_cpu_s(self) -> float:
+        """Rows per CPU-second of the thread that ran them."""
+        return self.calls * self.rows / self.cpu_seconds if self.cpu_seconds > 0 else 0.0
 
     @property
     def us_per_call(self) -> float:
@@ -61,8 +67,9 @@ def measure(setup: str, model: BenchModel, artifact: Path, rows: int, seconds: f
         feeds = {model.input_name: pixels(model, rows)}
         for _ in range(20):
             session.run(None, feeds)
-        calls, start = 0, time.perf_counter()
+        calls, start, cpu_start = 0, time.perf_counter(), time.thread_time()
         while (elapsed := time.perf_counter() - start) < seconds:
             session.run(None, feeds)
             calls += 1
-    return Ceiling(setup, model.name, rows, calls, elapsed)
+        cpu = time.thread_time() - cpu_start
+    return Ceiling(setup, model.name, rows, calls, elapsed, cpu)

@@ -49,13 +49,14 @@ def _own_seconds() -> float:
 
 
 class CpuWatch:
-    """Cores' worth of CPU used on `cpus` by anything but the server, wrk and this process, over a block."""
+    """Over a block: the server's CPU seconds, and the cores' worth others used on `cpus` (not wrk, not us)."""
 
     def __init__(self, cpus: set[int], server_pid: int, client_shares_cpus: bool) -> None:
         self._cpus = cpus
         self._server = server_pid
         self._client = client_shares_cpus
         self.other_cores = 0.0
+        self.server_seconds = 0.0
 
     def __enter__(self) -> CpuWatch:
         self._start = (time.monotonic(), busy_ticks(self._cpus), tree_seconds(self._server), _own_seconds())
@@ -64,7 +65,8 @@ class CpuWatch:
     def __exit__(self, *exc: object) -> None:
         wall, ticks, server, own = self._start
         elapsed = time.monotonic() - wall
-        used = (busy_ticks(self._cpus) - ticks) / TICKS - (tree_seconds(self._server) - server)
+        self.server_seconds = tree_seconds(self._server) - server
+        used = (busy_ticks(self._cpus) - ticks) / TICKS - self.server_seconds
         if self._client:  # wrk (a waited child) and this process ran on the same CPUs
             used -= _own_seconds() - own
         self.other_cores = max(0.0, used / elapsed) if elapsed > 0 else 0.0

@@ -25,7 +25,7 @@ from benchmarks.cpu import CpuWatch, wait_quiet
 from benchmarks.models import CNN, MLP, BenchModel, build_artifacts, write_repository
 from benchmarks.probe import Probe
 from benchmarks.report import Row, format_row, render
-from benchmarks.scenarios import DEFAULT_SCENARIOS, SCENARIOS, Group, Level, Options, parse_variant, plan
+from benchmarks.scenarios import DEFAULT_SCENARIOS, SCENARIOS, Group, Level, Options, parse_variant, plan, schedule
 from benchmarks.servers import Running, Setup, cpu_set, running, setups
 
 
@@ -54,8 +54,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--variant", action="append", default=[], help="NAME=FLAGS: tandem with extra serve flags")
     parser.add_argument("--ceiling-seconds", type=float, default=3.0, help="seconds per in-process measurement")
     parser.add_argument("--max-other", type=float, default=0.2, help="cores other processes may take (shared hosts)")
-    parser.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait for that before a level")
-    parser.add_argument("--retries", type=int, default=2, help="remeasure a level disturbed beyond --max-other")
+    parser.add_argument("--quiet-wait", type=float, default=20.0, help="seconds to wait for that before a level")
+    parser.add_argument("--retries", type=int, default=1, help="remeasure a level disturbed beyond --max-other")
     parser.add_argument("--workdir", type=Path, default=Path("benchmarks/results"), help="models, logs, results")
     args = parser.parse_args(argv)
     if args.quick:
@@ -127,17 +127,27 @@ class Bench:
         assert best is not None
         return best
 
-    def measure_group(self, setup: Setup, group: Group) -> None:
-        """Start the group's server, run its levels back to back, stop it."""
+    def measure_setup(self, setup: Setup, groups: list[Group]) -> None:
+        """Start every server, measure level by level (all servers at a level back to back), then the ceilings."""
+        with contextlib.ExitStack() as stack:
+            servers = [stack.enter_context(self.start(setup, group)) for group in groups]
+            stack.enter_context(ceiling.pinned(setup.client_cpus))
+            rows: list[Row] = []
+            for level, members in schedule(groups):
+                for group in members:
+                    rows.append(self.measure_level(setup, group, level, servers[groups.index(group)]))
+                    print(format_row(rows[-1], ""), flush=True)
+            self.measure_ceilings(setup)  # the servers are idle now
+        rows.sort(key=lambda row: next(i for i, g in enumerate(groups) if g.server == row.server))
+        self.rows += rows
+
+    def start(self, setup: Setup, group: Group) -> contextlib.AbstractContextManager[Running]:
+        """The group's server on a repository of its own, logging beside the results."""
         slug = group.server.name.replace(" ", "_").replace(",", "")
         repository = write_repository(self.store, self.args.workdir / "repos" / slug, group.server.overrides)
         log = self.args.workdir / "logs" / f"{setup.name}-{slug}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        with running(group.server, setup, repository, log) as server, ceiling.pinned(setup.client_cpus):
-            for level in group.levels:
-                row = self.measure_level(setup, group, level, server)
-                self.rows.append(row)
-                print(format_row(row, ""), flush=True)
+        return running(group.server, setup, repository, log)
 
     def measure_level(self, setup: Setup, group: Group, level: Level, server: Running) -> Row:
         """One level, remeasured when other processes disturbed it."""
@@ -157,7 +167,7 @@ class Bench:
             probe = stack.enter_context(Probe(server.base, body)) if level.probe else None
             result = wrk.run(url, path, body.headers, level.connections, seconds, setup.client_cpus)
         probed = probe.result if probe else None
-        return Row(setup.name, group.server, level, result, body.rows, probed, watch.other_cores)
+        return Row(setup.name, group.server, level, result, body.rows, probed, watch.other_cores, watch.server_seconds)
 
     def save(self, command: str) -> Path:
         """Write every number of the run as JSON beside the logs."""
@@ -165,7 +175,10 @@ class Bench:
             "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
             "command": command,
             "cpus": os.cpu_count(),
-            "ceilings": [dataclasses.asdict(c) | {"rows_per_s": c.rows_per_s} for c in self.ceilings],
+            "ceilings": [
+                dataclasses.asdict(c) | {"rows_per_s": c.rows_per_s, "rows_per_cpu_s": c.rows_per_cpu_s}
+                for c in self.ceilings
+            ],
             "levels": [_row_record(row) for row in self.rows],
         }
         path: Path = self.args.workdir / f"results-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -185,6 +198,8 @@ def _row_record(row: Row) -> dict[str, Any]:
         "rps": row.result.rps,
         "rows_per_s": row.rows_per_s,
         "other_cores": row.other_cores,
+        "server_cpu_s": row.server_cpu_s,
+        "rows_per_cpu_s": row.rows_per_cpu_s,
         "wrk": dataclasses.asdict(row.result),
         "probe": row.probe.latencies if row.probe else None,
     }
@@ -202,11 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in names if name not in SCENARIOS]
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
-    options = Options(
-        mlp_connections=tuple(int(c) for c in args.mlp_connections.split(",")),
-        binary_connections=args.binary_connections,
-        variants=tuple(parse_variant(text) for text in args.variant),
-    )
+    try:
+        options = Options(
+            mlp_connections=tuple(int(c) for c in args.mlp_connections.split(",")),
+            binary_connections=args.binary_connections,
+            variants=tuple(parse_variant(text) for text in args.variant),
+        )
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     chosen = chosen_setups(args.setups)
     groups = plan(names, options)
     wrk.ensure_wrk()
@@ -215,9 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = sum(len(group.levels) for group in groups) * len(chosen)
     print(f"{levels} levels, about {levels * (args.duration + args.warmup) / 60:.0f} min of load", flush=True)
     for setup in chosen:
-        bench.measure_ceilings(setup)
-        for group in groups:
-            bench.measure_group(setup, group)
+        bench.measure_setup(setup, groups)
     print()
     print(render(bench.rows, bench.ceilings))
     print(f"\nresults: {bench.save(' '.join(['python -m benchmarks.run', *(argv or sys.argv[1:])]))}")

@@ -84,6 +84,15 @@ def plan(names: list[str], options: Options) -> list[Group]:
     return list(merged.values())
 
 
+def schedule(groups: list[Group]) -> list[tuple[Level, list[Group]]]:
+    """Level-major order: each level once, then every server that answers it, so their numbers lie seconds apart."""
+    order: dict[Level, list[Group]] = {}
+    for group in groups:
+        for level in group.levels:
+            order.setdefault(level, []).append(group)
+    return list(order.items())
+
+
 def parse_variant(text: str) -> ServerSpec:
     """`NAME=FLAGS`, e.g. `access-log=--access-log`: tandem started with extra serve flags."""
     name, sep, flags = text.partition("=")
