@@ -14,6 +14,14 @@
 
 FROM python:3.11.14-slim-bookworm AS build
 
+# Two build arguments a normal build leaves alone; scripts/docker-smoke sets both.
+# TORCH_INDEX_URL: the package index torch==2.13.0 comes from (PyTorch's CPU wheel index by default).
+# EXTRA_CA_CERTS: PEM certificates pip trusts besides the system's, for a build behind a
+# TLS-intercepting proxy. Empty by default, and then pip's own trust store applies. No layer keeps
+# the certificates, but the image history records the value, as it does every build argument.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG EXTRA_CA_CERTS=""
+
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
@@ -22,10 +30,16 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /src
 
+# The build stage is thrown away, so the extra certificates may stay in its pip configuration.
+RUN if [ -n "${EXTRA_CA_CERTS}" ]; then \
+        { cat /etc/ssl/certs/ca-certificates.crt; printf '%s\n' "${EXTRA_CA_CERTS}"; } > /etc/pip-ca.pem \
+        && printf '[global]\ncert = /etc/pip-ca.pem\n' > /etc/pip.conf; \
+    fi
+
 # torch is only used here, to export the examples: the CPU wheel avoids several GB of CUDA
 # libraries. Only torch comes from that index (--no-deps); the export extra below finds
 # torch==2.13.0 satisfied (2.13.0+cpu) and installs its dependencies from PyPI, pinned.
-RUN pip install --no-cache-dir --no-deps --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
+RUN pip install --no-cache-dir --no-deps --index-url "${TORCH_INDEX_URL}" "torch==2.13.0"
 
 # .dockerignore lets in only pyproject.toml, README.md, LICENSE, service/, exporters/ and the constraints.
 COPY . /src
@@ -38,6 +52,8 @@ RUN pip install --no-cache-dir --constraint deploy/docker/constraints.txt ".[exp
     && python -m exporters.examples --models /models
 
 FROM python:3.11.14-slim-bookworm AS runtime
+
+ARG EXTRA_CA_CERTS=""
 
 LABEL org.opencontainers.image.title="tandem" \
       org.opencontainers.image.description="Model server: KServe V2, TF Serving and TorchServe REST, dynamic batching, Prometheus metrics" \
@@ -56,9 +72,14 @@ COPY --from=build /wheels /wheels
 # (CUDA 12 wheels). Both cuDNN 9 wheels write the same files under nvidia/cudnn/lib, so the
 # CUDA 12 build is reinstalled last on purpose (see docs/deployment.md, "Version
 # reconciliation"). The last command fails the build if torch ever arrives as a dependency.
-RUN pip install --no-cache-dir --constraint /tmp/constraints.txt --requirement /wheels/requirements.txt \
+# The extra certificates (see the build stage) live in /tmp for this one command only.
+RUN if [ -n "${EXTRA_CA_CERTS}" ]; then \
+        { cat /etc/ssl/certs/ca-certificates.crt; printf '%s\n' "${EXTRA_CA_CERTS}"; } > /tmp/pip-ca.pem \
+        && export PIP_CERT=/tmp/pip-ca.pem; \
+    fi \
+    && pip install --no-cache-dir --constraint /tmp/constraints.txt --requirement /wheels/requirements.txt \
     && pip install --no-cache-dir --no-deps --force-reinstall --constraint /tmp/constraints.txt "nvidia-cudnn-cu12==9.28.0.42" \
-    && rm -rf /wheels /tmp/constraints.txt \
+    && rm -rf /wheels /tmp/constraints.txt /tmp/pip-ca.pem \
     && python -c "import importlib.util as u, sys; sys.exit('torch must not be in the server image' if u.find_spec('torch') else 0)" \
     && groupadd --system --gid 10001 tandem \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin tandem

@@ -6,7 +6,7 @@ PORT ?= 8000
 MODELS ?= models
 BENCH_ARGS ?=
 
-.PHONY: serve test lint examples bench clean
+.PHONY: serve test lint examples bench gpu-bench clean docker-smoke
 
 $(BIN)/tandem: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ test: $(BIN)/tandem lint
 # Not part of `make test`: minutes of load; installs wrk with apt-get when missing (as root).
 bench: $(BIN)/tandem
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# The GPU run (docs/benchmarks.md, "GPU"): exits 0 saying it measured nothing where there is no GPU.
+gpu-bench: $(BIN)/tandem
+	$(BIN)/python scripts/gpu_bench.py
+
+# Builds the image and runs the compose stack for real (root, Debian; long). Not part of `make test`.
+docker-smoke:
+	scripts/docker-smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache

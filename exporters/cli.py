@@ -6,10 +6,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from exporters import ExportError
-from exporters.pipeline import DEFAULT_MAX_BATCH_SIZE, Checks, export_model, step
-from exporters.spec import Source, SpecFile, check_names, parse_dim_size, parse_input, read_spec_file
+from exporters import ExportError, step
+from exporters.pipeline import DEFAULT_MAX_BATCH_SIZE, Checks, export_model
+from exporters.precision import DEFAULT_TOLERANCES, PRECISIONS, check_precision
+from exporters.spec import InputSpec, Source, SpecFile, check_names, parse_dim_size, parse_input, read_spec_file
 from exporters.verify import Tolerance, read_sample
 from exporters.writer import Target, plan
 
@@ -21,7 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tandem export", description=__doc__, epilog=EPILOG)
     frameworks = parser.add_subparsers(dest="framework", required=True, metavar="{torch,keras}")
     torch = frameworks.add_parser("torch", help="PyTorch nn.Module -> ONNX", epilog=EPILOG)
-    torch.add_argument("--model", required=True, metavar="MODULE:CALLABLE", help="factory returning an nn.Module")
+    torch.add_argument(
+        "--model",
+        required=True,
+        metavar="MODULE:CALLABLE|FILE.pt2",
+        help="factory returning an nn.Module, or an ExportedProgram saved with torch.export.save",
+    )
     torch.add_argument(
         "--weights", type=Path, metavar="FILE", help="state dict file (torch.save), loaded with weights_only=True"
     )
@@ -61,9 +68,20 @@ def _add_common(sub: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"largest batch verified and served (default {DEFAULT_MAX_BATCH_SIZE})",
     )
-    checks.add_argument("--atol", type=float, default=1e-4, metavar="X", help="absolute tolerance (default 1e-4)")
-    checks.add_argument("--rtol", type=float, default=1e-3, metavar="X", help="relative tolerance (default 1e-3)")
+    checks.add_argument(
+        "--atol", type=float, metavar="X", help="absolute tolerance (default 1e-4; fp16 1e-2; bf16 5e-2)"
+    )
+    checks.add_argument(
+        "--rtol", type=float, metavar="X", help="relative tolerance (default 1e-3; fp16 1e-2; bf16 5e-2)"
+    )
     checks.add_argument("--sample", type=Path, metavar="FILE.npz", help="real inputs, one array per input name")
+    precision = sub.add_argument_group("precision (ONNX)")
+    precision.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32", help="float precision inside the graph (default fp32)"
+    )
+    precision.add_argument(
+        "--reduced-io", action="store_true", help="FP16 inputs and outputs too (default: FP32 at the boundary)"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -90,13 +108,16 @@ def run(args: argparse.Namespace) -> Path:
     plan(target)  # again when writing; checked now so that a bad target fails before any slow import
     if args.max_batch_size is not None and args.max_batch_size < 1:
         raise ExportError("--max-batch-size must be at least 1")
-    if args.atol < 0 or args.rtol < 0:
+    atol, rtol = DEFAULT_TOLERANCES[args.precision]
+    tolerance = Tolerance(atol if args.atol is None else args.atol, rtol if args.rtol is None else args.rtol)
+    if tolerance.atol < 0 or tolerance.rtol < 0:
         raise ExportError("--atol and --rtol must not be negative")
+    check_precision(args.precision, getattr(args, "format", "onnx"), args.reduced_io)
     spec = _signature(args)
     labels = _labels(args.labels)
     source = _source(args, spec)
     sample = read_sample(args.sample, source.inputs) if args.sample else None
-    checks = Checks(args.max_batch_size, Tolerance(args.atol, args.rtol), sample, spec.dims)
+    checks = Checks(args.max_batch_size, tolerance, sample, spec.dims, args.precision, args.reduced_io)
     return export_model(source, target, checks, labels)
 
 
@@ -105,7 +126,7 @@ def _signature(args: argparse.Namespace) -> SpecFile:
     inputs = [parse_input(text) for text in args.input] or from_file.inputs
     outputs = list(args.output) or from_file.outputs
     dims = from_file.dims | dict(parse_dim_size(text) for text in args.dim)
-    if args.framework == "torch" and not inputs:
+    if args.framework == "torch" and not inputs and not args.model.endswith(".pt2"):
         raise ExportError("describe the model's inputs with --input NAME:DTYPE:SHAPE or --spec FILE")
     check_names(inputs, outputs)
     return SpecFile(inputs, outputs, dims)
@@ -126,10 +147,23 @@ def _source(args: argparse.Namespace, spec: SpecFile) -> Source:
         with step("loading the PyTorch model"):
             from exporters.torch_export import TorchSource, load_torch_model
 
-            model = load_torch_model(args.model, args.weights)
-            return TorchSource(model, spec.inputs, spec.outputs, legacy=args.legacy_exporter, dim_sizes=spec.dims)
+            inputs: list[InputSpec] = spec.inputs
+            if args.model.endswith(".pt2"):
+                model, inputs = _program(args, spec)
+            else:
+                model = load_torch_model(args.model, args.weights)
+            return TorchSource(model, inputs, spec.outputs, legacy=args.legacy_exporter, dim_sizes=spec.dims)
     with step("loading the Keras model"):
         from exporters.keras_export import KerasSource, load_keras_model
 
         keras_model = load_keras_model(args.model)
         return KerasSource(keras_model, spec.inputs, spec.outputs, args.format)
+
+
+def _program(args: argparse.Namespace, spec: SpecFile) -> tuple[Any, list[InputSpec]]:
+    from exporters.torch_program import ProgramModule, load_program, program_inputs
+
+    if args.weights is not None:
+        raise ExportError("--weights does not apply to a .pt2 program: its weights are inside it")
+    program = load_program(Path(args.model))
+    return ProgramModule(program), program_inputs(program, spec.inputs)

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from exporters import ExportError, quiet_converter
-from exporters.spec import IDENTIFIER, InputSpec, load_callable, parse_datatype, parse_dims
+from exporters import ExportError, quiet_converter, step
+from exporters.spec import IDENTIFIER, InputSpec, load_callable, parse_datatype, parse_dims, random_inputs, trace_sizes
 from service.runtimes import ARTIFACT_NAMES, RuntimeOptions
 
 SIGNATURE = "serving_default"
 _UNSUPPORTED = re.compile(r"[Uu]nsupported ops?:? .*?'(\w+)'")
+_AUTO_NAME = re.compile(r"keras_tensor(_\d+)?")  # what Keras calls an unnamed keras.Input
 
 
 def prepare_tensorflow() -> None:
@@ -53,21 +56,90 @@ def load_keras_model(reference: str) -> Any:
     return model
 
 
-def model_inputs(model: Any) -> list[InputSpec]:
-    """The input specs a built Keras model declares (None dims become dynamic)."""
+def model_inputs(model: Any) -> tuple[list[InputSpec], list[str] | None]:
+    """The input specs of a built model (None dims dynamic, the batch always) and, for a dict input, its keys.
+
+    Functional and Sequential models declare their inputs; a subclassed model has the shapes of the call that
+    built it (Keras records them), with the model's input dtype.
+    """
+    tensors = _declared_inputs(model)
+    if tensors:
+        named = [(_input_name(t.name, i, len(tensors)), list(t.shape), str(t.dtype)) for i, t in enumerate(tensors)]
+        return [_spec(*entry) for entry in named], None
+    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    if not getattr(model, "built", False) or len(shapes) != 1:
+        raise ExportError(_unbuilt_message(model))
+    built = next(iter(shapes.values()))
+    dtype = str(getattr(model, "input_dtype", None) or "float32")
+    if isinstance(built, Mapping):
+        return [_spec(str(key), list(shape), dtype) for key, shape in built.items()], [str(k) for k in built]
+    if _is_shape(built):
+        return [_spec(_call_parameters(model)[0] if _call_parameters(model) else "input", list(built), dtype)], None
+    return [_spec(f"input_{i}", list(shape), dtype) for i, shape in enumerate(built)], None
+
+
+def _declared_inputs(model: Any) -> list[Any]:
+    """A functional or Sequential model's input tensors; [] for a subclassed or an unbuilt model."""
+    import keras
+
+    if not isinstance(model, keras.Sequential) and not hasattr(model, "_inputs_struct"):
+        return []  # subclassed: Keras keeps no input tensors
     try:
-        tensors = list(model.inputs)
-    except (AttributeError, ValueError):
-        raise ExportError("the Keras model declares no inputs (never built); describe them with --input") from None
-    specs = []
-    for tensor in tensors:
-        name = tensor.name.split(":")[0]
-        where = f"Keras input '{name}'"
-        if not IDENTIFIER.fullmatch(name):
-            raise ExportError(f"{where}: name is not an identifier; rename it with --input")
-        dims: list[int | str] = [-1 if d is None else int(d) for d in tensor.shape]
-        specs.append(InputSpec(name, parse_datatype(str(tensor.dtype), where), parse_dims(name, dims, where)))
-    return specs
+        return list(model.inputs or [])
+    except (AttributeError, ValueError):  # a Sequential never built
+        return []
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, Sequence) and all(d is None or isinstance(d, int) for d in value)
+
+
+def _input_name(name: str, index: int, count: int) -> str:
+    name = name.split(":")[0]
+    if _AUTO_NAME.fullmatch(name):
+        return "input" if count == 1 else f"input_{index}"
+    return name
+
+
+def _spec(name: str, shape: list[Any], dtype: str) -> InputSpec:
+    where = f"Keras input '{name}'"
+    if not IDENTIFIER.fullmatch(name):
+        raise ExportError(f"{where}: name is not an identifier; rename it with --input")
+    dims: list[int | str] = [-1, *(-1 if d is None else int(d) for d in shape[1:])]  # the batch is always dynamic
+    return InputSpec(name, parse_datatype(dtype, where), parse_dims(name, dims, where))
+
+
+def _call_parameters(model: Any) -> list[str]:
+    try:
+        parameters = inspect.signature(model.call).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    skip = {"training", "mask"}
+    return [p.name for p in parameters if p.kind == p.POSITIONAL_OR_KEYWORD and p.name not in skip]
+
+
+def _unbuilt_message(model: Any) -> str:
+    if getattr(model, "built", False) and len(getattr(model, "_build_shapes_dict", None) or {}) > 1:
+        return (
+            f"the Keras model ({type(model).__name__}) takes several call() arguments "
+            f"({', '.join(_call_parameters(model))}); the exporter passes one: take a dict or a list in call()"
+        )
+    names = _call_parameters(model)[:1] or ["x"]
+    example = " ".join(f"--input {n}:float32:-1,<dims>" for n in names)
+    return (
+        f"the Keras model ({type(model).__name__}) has never been called on data, so its input shapes are unknown: "
+        f"call it once on a batch before saving or returning it (model(x)), or describe its inputs: {example}"
+    )
+
+
+def declared_outputs(model: Any) -> list[str]:
+    """Keras' own output names: a functional model's output_names, a Sequential's last layer; [] otherwise."""
+    import keras
+
+    names = [str(n) for n in getattr(model, "output_names", None) or []]
+    if not names and isinstance(model, keras.Sequential) and model.layers:
+        names = [model.layers[-1].name]
+    return names
 
 
 class KerasSource:
@@ -81,30 +153,57 @@ class KerasSource:
         self.model = model
         self.fmt = fmt
         self.exporter = "keras ExportArchive" if fmt == "savedmodel" else "tf2onnx"
-        self.inputs = inputs or model_inputs(model)
-        declared = [str(n) for n in getattr(model, "output_names", None) or []]
-        self.output_names = outputs or declared
-        if declared and len(self.output_names) != len(declared):
-            raise ExportError(f"the model has {len(declared)} output(s) but {len(outputs)} --output name(s) were given")
-        if not self.output_names:
-            raise ExportError("the Keras model does not name its outputs; give them with --output")
+        declared, self._input_keys = model_inputs(model) if not inputs else (inputs, None)
+        self.inputs = inputs or declared
+        if self._input_keys is not None and len(self._input_keys) != len(self.inputs):
+            raise ExportError(f"the model takes {len(self._input_keys)} input(s), {len(self.inputs)} --input given")
+        result = self._call(random_inputs(self.inputs, trace_sizes(self.inputs, {}), np.random.default_rng(0)))
+        self._keys = [str(k) for k in result] if isinstance(result, Mapping) else None
+        count = len(self._keys) if self._keys is not None else len(_as_list(result))
+        self.output_names = self._output_names(outputs, count)
+
+    def _output_names(self, given: list[str], count: int) -> list[str]:
+        if given:
+            if len(given) != count:
+                raise ExportError(f"the model has {count} output(s) but {len(given)} --output name(s) were given")
+            return given
+        names = declared_outputs(self.model)
+        if self._keys and sorted(self._keys) != sorted(names):
+            names = self._keys
+        if len(names) != count:
+            names = [f"output_{i}" for i in range(count)]
+            print(
+                f"note: the model names no outputs; they are {', '.join(names)} (--output names them)", file=sys.stderr
+            )
+            return names
+        bad = [n for n in names if not IDENTIFIER.fullmatch(n)]
+        if bad:
+            raise ExportError(f"output name '{bad[0]}' is not an identifier; name the outputs with --output")
+        return names
 
     def predict(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the Keras model in inference mode."""
+        return {name: np.asarray(value) for name, value in self._serve(*(arrays[s.name] for s in self.inputs)).items()}
+
+    def _call(self, arrays: dict[str, np.ndarray]) -> Any:
         try:
-            result = self._serve(*(arrays[spec.name] for spec in self.inputs))
+            return self.model(self._pack([arrays[s.name] for s in self.inputs]), training=False)
         except ExportError:
             raise
         except Exception as exc:
             raise ExportError(f"the model failed: {type(exc).__name__}: {_first_line(exc)}") from exc
-        return {name: np.asarray(value) for name, value in result.items()}
+
+    def _pack(self, tensors: list[Any]) -> Any:
+        if self._input_keys is not None:
+            return dict(zip(self._input_keys, tensors, strict=True))
+        return tensors if len(tensors) > 1 else tensors[0]
 
     def _serve(self, *tensors: Any) -> dict[str, Any]:
-        result = self.model(list(tensors) if len(tensors) > 1 else tensors[0], training=False)
-        if isinstance(result, Mapping):
-            values = [result[k] for k in getattr(self.model, "output_names", None) or result]
-        else:
-            values = list(result) if isinstance(result, Sequence) else [result]
+        try:
+            result = self.model(self._pack(list(tensors)), training=False)
+        except Exception as exc:
+            raise ExportError(f"the model failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+        values = [result[k] for k in (self._keys or result)] if isinstance(result, Mapping) else _as_list(result)
         if len(values) != len(self.output_names):
             raise ExportError(f"the model returns {len(values)} output(s), expected {len(self.output_names)}")
         return dict(zip(self.output_names, values, strict=True))
@@ -116,11 +215,13 @@ class KerasSource:
         path = directory / ARTIFACT_NAMES[self.fmt]
         signature = [tf.TensorSpec(spec_shape(spec), tf.as_dtype(spec.dtype), name=spec.name) for spec in self.inputs]
         try:
-            with quiet_converter("tf2onnx"):
-                if self.fmt == "savedmodel":
+            if self.fmt == "savedmodel":
+                with step(f"exporting with {self.exporter}"), quiet_converter("tensorflow"):
                     self._export_savedmodel(path, signature)
-                else:
-                    self._export_onnx(path, signature)
+            else:
+                from exporters.keras_onnx import convert
+
+                convert(self._serve, signature, path)
         except ExportError:
             raise
         except Exception as exc:
@@ -135,12 +236,9 @@ class KerasSource:
         archive.add_endpoint(name=SIGNATURE, fn=self._serve, input_signature=signature)
         archive.write_out(str(path), verbose=False)
 
-    def _export_onnx(self, path: Path, signature: list[Any]) -> None:
-        import tensorflow as tf
-        import tf2onnx
 
-        function = tf.function(self._serve, input_signature=signature)
-        tf2onnx.convert.from_function(function, input_signature=signature, output_path=str(path))
+def _as_list(result: Any) -> list[Any]:
+    return list(result) if isinstance(result, Sequence) else [result]
 
 
 def spec_shape(spec: InputSpec) -> list[int | None]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters import ExportError
+from exporters import ExportError, step
 from exporters.spec import BATCH, SHARED_DIM_HINT, Arrays, InputSpec, Source, random_inputs
 from service.runtimes import Runtime, TensorSpec
 from service.tensors import datatype_of
@@ -50,8 +50,8 @@ class Report:
         return "\n".join(lines)
 
 
-def check_signature(source: Source, runtime: Runtime) -> list[TensorSpec]:
-    """The artifact's inputs must be the declared ones, with every declared dynamic dim still dynamic."""
+def check_signature(source: Source, runtime: Runtime, reduced_io: bool = False) -> list[TensorSpec]:
+    """The artifact's inputs must be the declared ones (FP16 for FP32 with reduced_io), dynamic dims still dynamic."""
     by_name = {spec.name: spec for spec in runtime.inputs}
     if sorted(by_name) != sorted(s.name for s in source.inputs):
         raise ExportError(f"the export has inputs {sorted(by_name)}, expected {[s.name for s in source.inputs]}")
@@ -59,7 +59,7 @@ def check_signature(source: Source, runtime: Runtime) -> list[TensorSpec]:
     if sorted(outputs) != sorted(source.output_names):
         raise ExportError(f"the export has outputs {sorted(outputs)}, expected {source.output_names}")
     for declared in source.inputs:
-        _check_dims(declared, by_name[declared.name])
+        _check_dims(declared, by_name[declared.name], reduced_io)
     for name, spec in outputs.items():
         if not spec.shape or spec.shape[0] != -1:
             shape = list(spec.shape)
@@ -67,9 +67,10 @@ def check_signature(source: Source, runtime: Runtime) -> list[TensorSpec]:
     return [by_name[s.name] for s in source.inputs] + [outputs[n] for n in source.output_names]
 
 
-def _check_dims(declared: InputSpec, exported: TensorSpec) -> None:
+def _check_dims(declared: InputSpec, exported: TensorSpec, reduced_io: bool) -> None:
     what = f"input '{declared.name}'"
-    if exported.datatype != declared.datatype:
+    reduced = reduced_io and (declared.datatype, exported.datatype) == ("FP32", "FP16")
+    if exported.datatype != declared.datatype and not reduced:
         raise ExportError(f"{what} is {exported.datatype} in the export, declared {declared.datatype}")
     if len(exported.shape) != len(declared.dims):
         raise ExportError(f"{what} has shape {list(exported.shape)} in the export, declared {declared.shape}")
@@ -84,21 +85,30 @@ def _check_dims(declared: InputSpec, exported: TensorSpec) -> None:
 class Verifier:
     """Runs the source and the artifact side by side and fails on the first disagreement."""
 
-    def __init__(self, source: Source, runtime: Runtime, tolerance: Tolerance, sizes: dict[str, int]) -> None:
+    def __init__(
+        self, source: Source, runtime: Runtime, tolerance: Tolerance, sizes: dict[str, int], precision: str = "fp32"
+    ) -> None:
         self.source = source
         self.runtime = runtime
         self.tolerance = tolerance
         self.sizes = sizes
+        self.precision = precision
         self.rng = np.random.default_rng(1)
-        self.report = Report(f"verified {source.fmt} artifact against the {source.framework} model (cpu)")
+        what = f"{source.fmt} artifact" if precision == "fp32" else f"{precision} {source.fmt} artifact"
+        device = runtime.device
+        if precision != "fp32" and device == "cpu":
+            device = "cpu: no CUDA provider present"
+        self.report = Report(f"verified {what} against the {source.framework} model ({device})")
         self.report.max_error = dict.fromkeys(source.output_names, 0.0)
+        self.input_dtypes = {spec.name: spec.dtype for spec in runtime.inputs}
 
     def run(self, max_batch_size: int, sample: Arrays | None) -> Report:
         """Batch 1, 2 and max (timed), every other dynamic dim at a second size, then the sample rows."""
         batches = sorted({1, 2, max_batch_size})
         for batch in batches:
             arrays = random_inputs(self.source.inputs, {**self.sizes, BATCH: batch}, self.rng)
-            self.report.latency_ms.append((batch, *self._compare(arrays, f"batch {batch}", timed=True)))
+            with step(f"verifying at batch {batch}"):
+                self.report.latency_ms.append((batch, *self._compare(arrays, f"batch {batch}", timed=True)))
         self.report.dims.append(f"batch ({', '.join(map(str, batches))})")
         for dim, size in self.sizes.items():
             if dim != BATCH:
@@ -134,11 +144,17 @@ class Verifier:
             self._match(name, expected[name], got[name], rows, where)
         if not timed:
             return 0.0, 0.0
-        return _median_ms(self.source.predict, arrays), _median_ms(self.runtime.predict, arrays)
+        return _median_ms(self.source.predict, arrays), _median_ms(self.runtime.predict, self._cast(arrays))
+
+    def _cast(self, arrays: Arrays) -> Arrays:
+        """Inputs in the artifact's dtypes: FP16 where a reduced-precision export takes FP16."""
+        return {
+            name: value.astype(self.input_dtypes.get(name, value.dtype), copy=False) for name, value in arrays.items()
+        }
 
     def _predict(self, arrays: Arrays, where: str) -> Arrays:
         try:
-            return self.runtime.predict(arrays)
+            return self.runtime.predict(self._cast(arrays))
         except Exception as exc:
             cause = exc.__cause__ or exc
             raise ExportError(f"the export fails at {where} ({_first_line(cause)}); {_FIX_HINT}") from exc
@@ -150,14 +166,15 @@ class Verifier:
         if got.shape != expected.shape:
             raise ExportError(f"{what}: shape {list(got.shape)} in the export, {list(expected.shape)} from the source")
         got_type, want_type = datatype_of(got.dtype), datatype_of(expected.dtype)
-        if got_type != want_type:
+        if got_type != want_type and not (self.precision != "fp32" and (got_type, want_type) == ("FP16", "FP32")):
             raise ExportError(f"{what}: {got_type} in the export, {want_type} from the source")
         error = _max_abs_error(expected, got)
         self.report.max_error[name] = max(self.report.max_error[name], error)
         tol = self.tolerance
         if not np.allclose(got, expected, atol=tol.atol, rtol=tol.rtol, equal_nan=True):
             raise ExportError(
-                f"{what} differs from the source: max abs error {error:.3g} (atol {tol.atol:g}, rtol {tol.rtol:g})"
+                f"{what} differs from the source: max abs error {error:.3g}, worst at {_worst(expected, got, tol)} "
+                f"(atol {tol.atol:g}, rtol {tol.rtol:g})"
             )
 
 
@@ -198,6 +215,16 @@ def _max_abs_error(expected: np.ndarray, got: np.ndarray) -> float:
     with np.errstate(invalid="ignore"):  # inf - inf where both sides overflow alike
         diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
     return float(np.nanmax(diff)) if not np.isnan(diff).all() else 0.0
+
+
+def _worst(expected: np.ndarray, got: np.ndarray, tol: Tolerance) -> str:
+    """The element that misses the tolerance by most: its index and both values."""
+    want, have = expected.astype(np.float64), got.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        excess = np.abs(have - want) - (tol.atol + tol.rtol * np.abs(want))
+    excess = np.where(np.isnan(excess), np.where(np.isnan(want) == np.isnan(have), -np.inf, np.inf), excess)
+    index = tuple(int(i) for i in np.unravel_index(int(np.argmax(excess)), excess.shape))
+    return f"[{', '.join(map(str, index))}]: exported {have[index]:.6g}, source {want[index]:.6g}"
 
 
 def _median_ms(predict: Callable[[Arrays], Arrays], arrays: Arrays) -> float:

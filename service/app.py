@@ -22,7 +22,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from service.api import health, management, tfserving, torchserve, v2, v2_repository
-from service.api.http import CALL_KEY, ClientGone, finish, finish_error, json_response
+from service.api.http import finish_error, json_response
+from service.control import LocalEngine
+from service.engine import Engine
 from service.errors import (
     BadRequestError,
     InternalError,
@@ -32,8 +34,8 @@ from service.errors import (
     error_body_torchserve,
     error_body_v2,
 )
-from service.metrics import Metrics
-from service.registry import Registry, RuntimeLoader
+from service.metrics import Metrics, exposition
+from service.registry import RuntimeLoader
 from service.runtimes import load_runtime
 from service.settings import Settings
 
@@ -42,14 +44,23 @@ TORCHSERVE_PREFIXES = ("/ping", "/predictions", "/models")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def create_app(settings: Settings, loader: RuntimeLoader = load_runtime) -> FrontDoor:
-    """Build the ASGI app; nothing is loaded until the lifespan starts."""
+def create_app(settings: Settings, loader: RuntimeLoader = load_runtime, engine_path: str | None = None) -> FrontDoor:
+    """Build the ASGI app; nothing is loaded until the lifespan starts.
+
+    With `engine_path`, this is one of several worker processes: the models live in the engine process
+    listening there, and this process never imports a runtime.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if engine_path is not None:
+            async with _remote(app, settings, engine_path):
+                yield
+            return
         metrics = Metrics(CollectorRegistry())
-        registry = Registry(settings, metrics, loader)
-        app.state.settings, app.state.metrics, app.state.engine = settings, metrics, registry
+        registry = LocalEngine(settings, metrics, loader)
+        engine: Engine = registry
+        app.state.settings, app.state.metrics, app.state.engine = settings, metrics, engine
         await registry.load_all()
         # Objects made while loading (runtimes, TensorFlow graphs) live as long as the process: keep them out of
         # the collector's generations so full collections stay short under load (p99 latency).
@@ -74,6 +85,24 @@ def create_app(settings: Settings, loader: RuntimeLoader = load_runtime) -> Fron
     return FrontDoor(app)
 
 
+@contextlib.asynccontextmanager
+async def _remote(app: FastAPI, settings: Settings, engine_path: str) -> AsyncIterator[None]:
+    """A worker process's lifespan: connect to the engine; the engine loads, drains and frees the models."""
+    from service.ipc.client import RemoteEngine
+
+    remote = RemoteEngine(engine_path)
+    app.state.settings, app.state.metrics, app.state.engine = settings, Metrics(CollectorRegistry()), remote
+    await remote.connect()
+    gc.collect()
+    gc.freeze()
+    app.state.started = True
+    try:
+        yield
+    finally:
+        app.state.started = False
+        await remote.close()
+
+
 def _routers() -> list[Any]:
     # v2_repository first: its /v2/models/stats must win over v2's /v2/models/{name}.
     routers = [health.router, v2_repository.router, v2.router, tfserving.router, torchserve.router, management.router]
@@ -81,7 +110,7 @@ def _routers() -> list[Any]:
 
 
 async def _metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+    return Response(generate_latest(exposition(request.app.state.metrics)), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
 def error_response(request: Request, err: ServiceError) -> Response:
@@ -122,14 +151,6 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     return error_response(request, err)
 
 
-async def on_client_gone(request: Request, exc: Exception) -> Response:
-    """The client left: count it as 499 (cancelled); nothing can be sent."""
-    call = request.scope.get(CALL_KEY)
-    if call is not None:
-        finish(request.app.state.metrics, call, 499, "cancelled")
-    return Response(status_code=499)
-
-
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     """A bug: log it with the request id, answer a generic 500 that quotes the id."""
     log.error("request %s failed", _request_id(request), exc_info=exc)
@@ -142,7 +163,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(ClientGone, on_client_gone)
     app.add_exception_handler(Exception, on_unexpected)
 
 
@@ -207,7 +227,5 @@ async def _serve(request: Request, endpoint: Endpoint, params: dict[str, str | N
         return await endpoint(request, **params)
     except ServiceError as exc:
         return await on_service_error(request, exc)
-    except ClientGone as exc:
-        return await on_client_gone(request, exc)
     except Exception as exc:
         return await on_unexpected(request, exc)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import itertools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from service.batching import (
     INLINE_BATCH_S,
@@ -74,6 +75,8 @@ class DynamicBatcher:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
+        self._sweep_timer: asyncio.TimerHandle | None = None  # fires at the earliest deadline of any request
+        self._sweep_at: float | None = None
 
     @property
     def queue_depth(self) -> int:
@@ -96,20 +99,26 @@ class DynamicBatcher:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher {self._who}")
 
     async def submit(
-        self, inputs: Arrays, *, rows: int = 1, deadline: float | None = None, queue_deadline: float | None = None
+        self,
+        inputs: Arrays,
+        *,
+        rows: int = 1,
+        deadline: float | None = None,
+        queue_deadline: float | None = None,
+        gone: Callable[[], bool] | None = None,
     ) -> Arrays:
         """Queue one validated request of `rows` rows (deadlines are time.monotonic() values); return its outputs.
 
         Callers validate first (service.inference.validate): the batcher trusts names, dtypes, shapes and the
-        row count, so that a batch never fails because of a neighbour.
+        row count, so that a batch never fails because of a neighbour. `gone` tells whether the client has left;
+        it is asked while the batch forms, and such a request is dropped with ClientGoneError.
         """
-        item = self._admit(inputs, rows, deadline, queue_deadline)
-        timers = self._waiting.arm_timers(item)
+        item = self._admit(inputs, rows, deadline, queue_deadline, gone)
+        self._watch(item.deadline)
+        self._watch(item.queue_deadline)
         try:
             return await item.future
         finally:
-            for timer in timers:
-                timer.cancel()
             self._waiting.leave(item)  # still queued only if the caller was cancelled: it must never run
 
     async def stop(self, *, drain: bool = True, timeout_s: float | None = None) -> None:
@@ -141,7 +150,14 @@ class DynamicBatcher:
             self._waiting.fail_waiting(lambda: ModelNotReadyError(f"{self._who} is paused"))
         self._poke()
 
-    def _admit(self, inputs: Arrays, rows: int, deadline: float | None, queue_deadline: float | None) -> Pending:
+    def _admit(
+        self,
+        inputs: Arrays,
+        rows: int,
+        deadline: float | None,
+        queue_deadline: float | None,
+        gone: Callable[[], bool] | None,
+    ) -> Pending:
         if self._closing:
             raise ShuttingDownError()
         if self._limit == 0:
@@ -159,11 +175,25 @@ class DynamicBatcher:
             raise self._waiting.queue_timeout()
         idle = self._waiting.depth == 0 and self._inflight == 0
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
-        item = Pending(inputs, rows, key, future, now, deadline, queue_deadline, idle)
+        item = Pending(inputs, rows, key, future, now, deadline, queue_deadline, idle, gone)
         self._waiting.push(item, self._max_queue)
         if self._inflight < self._limit:  # with every slot busy the worker has nothing to do yet
             self._poke()
         return item
+
+    def _watch(self, due: float | None) -> None:
+        """Make the one deadline timer fire no later than `due`."""
+        if due is None or (self._sweep_at is not None and self._sweep_at <= due):
+            return
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+        self._sweep_at = due
+        self._sweep_timer = asyncio.get_running_loop().call_later(max(0.0, due - time.monotonic()), self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweep_timer = self._sweep_at = None
+        running = itertools.chain.from_iterable(self._running.values())
+        self._watch(self._waiting.sweep(running, time.monotonic()))
 
     def _poke(self) -> None:
         if self._wakeup is not None:
@@ -193,6 +223,8 @@ class DynamicBatcher:
             self._waiting.fail_waiting(lambda: InternalError(f"{self._who}: batch worker failed"))
         finally:
             self._waiting.fail_waiting(ShuttingDownError)
+            if self._sweep_timer is not None and not self._running:
+                self._sweep_timer.cancel()
 
     async def _assemble(self) -> list[Pending]:
         now = time.monotonic()

@@ -61,6 +61,7 @@ class Pending:
     deadline: float | None
     queue_deadline: float | None
     idle: bool  # nothing queued or running at submit: its batch must not wait for company
+    gone: Callable[[], bool] | None  # True once the client has left: the request is dropped before it runs
     queued: bool = True  # counted in queue_depth until dispatched, failed or abandoned
 
 

@@ -1,4 +1,4 @@
-"""The `tandem` command: `tandem serve` runs the server, `tandem export` hands over to the exporters."""
+"""The `tandem` command: `tandem serve` runs the server; `tandem export` and `tandem import` go to the exporters."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from service.settings import Settings, unknown_env_settings
 
 ALIASES = {"models_dir": ["--models"]}
+EXPORTER_COMMANDS = {"export": "exporters.cli", "import": "exporters.torchserve"}  # module with main(argv) -> int
 log = logging.getLogger("tandem")
 
 
@@ -69,8 +70,13 @@ def serve(argv: list[str]) -> int:
     from service.app import create_app
 
     settings = load_settings(argv)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     check_startup(settings)
+    workers = worker_count(settings.workers)
+    if workers > 1:
+        from service import workers as supervisor
+
+        return supervisor.run(settings, workers)
     # uvicorn drains on SIGTERM, then re-raises the signal under the handler it found: make that a clean exit.
     signal.signal(signal.SIGTERM, _exit_after_drain)
     uvicorn.run(
@@ -85,6 +91,18 @@ def serve(argv: list[str]) -> int:
     return 0
 
 
+def configure_logging(settings: Settings) -> None:
+    """One format for every process of the server."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def worker_count(workers: str) -> int:
+    """The number of HTTP worker processes: a positive number, or `auto` for the CPUs this process may use."""
+    from service.runtimes import available_cpus
+
+    return available_cpus() if workers == "auto" else int(workers)
+
+
 def _exit_after_drain(signum: int, frame: object) -> None:
     """SIGTERM outside uvicorn's own handler: before serving (nothing to drain) or after the drain."""
     raise SystemExit(0)
@@ -94,20 +112,23 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tandem` console script."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
-        print("usage: tandem {serve,export} ...\n  serve   serve a model repository\n  export  export a model")
+        print(
+            "usage: tandem {serve,export,import} ...\n  serve   serve a model repository\n  export  export a model\n"
+            "  import  import a model from another server's archive (import torchserve MODEL.mar)"
+        )
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "serve":
         return serve(rest)
-    if command == "export":
+    if command in EXPORTER_COMMANDS:
         # The exporters are an optional install (`pip install tandem[export]`); the server never needs them.
         try:
-            exporters_cli = importlib.import_module("exporters.cli")
+            exporters_cli = importlib.import_module(EXPORTER_COMMANDS[command])
         except ImportError as exc:
             print(f"error: the exporters are not installed ({exc.name}); pip install 'tandem[export]'", file=sys.stderr)
             return 2
         return int(exporters_cli.main(rest))
-    print(f"error: unknown command '{command}'; expected serve or export", file=sys.stderr)
+    print(f"error: unknown command '{command}'; expected serve, export or import", file=sys.stderr)
     return 2
 
 

@@ -62,9 +62,12 @@ def _exact_numbers(data: Any, arr: np.ndarray, dtype: np.dtype[Any]) -> np.ndarr
 def _check_float(arr: np.ndarray, dtype: np.dtype[Any], datatype: str, what: str) -> np.ndarray:
     if arr.size and arr.dtype.kind not in "iuf":
         raise BadRequestError(f"{what}: expected numbers for {datatype}, got {_kind_name(arr)}")
+    if dtype.itemsize >= 4 and (arr.dtype.kind != "f" or arr.dtype.itemsize <= dtype.itemsize):
+        return arr.astype(dtype)  # no overflow: integers into FP32/FP64, or a cast that does not narrow
     with np.errstate(over="ignore"):
         out = arr.astype(dtype)
-    if arr.size and (np.isinf(out) & ~np.isinf(arr)).any():
+    # One pass in the common case (all finite); the exact test only when something is not.
+    if arr.size and not np.isfinite(out).all() and (np.isinf(out) & ~np.isinf(arr)).any():
         raise BadRequestError(f"{what}: value out of range for {datatype}")
     return out
 

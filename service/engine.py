@@ -6,11 +6,11 @@ batchers or runtimes, so another engine (in another process) can stand behind th
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from service.inference import InferRequest, InferResponse
-from service.model import LoadedModel
-from service.repository import ModelSource
+from service.model import ModelInfo
 
 
 class Engine(Protocol):
@@ -27,15 +27,15 @@ class Engine(Protocol):
         """Known model names, sorted."""
         ...
 
-    def versions(self, name: str) -> dict[int, LoadedModel]:
+    def versions(self, name: str) -> Mapping[int, ModelInfo]:
         """Every known version of a model; 404 when unknown."""
         ...
 
-    def get(self, name: str, version: int | None = None, label: str | None = None) -> LoadedModel:
+    def get(self, name: str, version: int | None = None, label: str | None = None) -> ModelInfo:
         """The version asked (by number or label), else the default one."""
         ...
 
-    def describe(self, name: str, version: int | None = None) -> LoadedModel:
+    def describe(self, name: str, version: int | None = None) -> ModelInfo:
         """Like get, but a model with no ready version gives its highest version instead of 503."""
         ...
 
@@ -43,31 +43,33 @@ class Engine(Protocol):
         """The set-default pin, if any."""
         ...
 
-    def all_models(self) -> list[LoadedModel]:
+    def all_models(self) -> Sequence[ModelInfo]:
         """Every version of every model."""
         ...
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Run one validated request."""
+    async def infer(self, request: InferRequest, gone: Callable[[], bool] | None = None) -> InferResponse:
+        """Run one validated request; dropped before it runs once `gone()` says the client has left."""
         ...
 
-    async def find(self, name: str) -> ModelSource | None:
-        """A repository model by name."""
+    async def in_repository(self, name: str) -> bool:
+        """Whether the repository holds a model of that name."""
+        ...
+
+    async def sync(self) -> None:
+        """Bring lookups up to date (queue depths, statistics) before a route that reports them."""
         ...
 
     async def repository_names(self) -> set[str]:
         """Every model name in the repository, loaded or not."""
         ...
 
-    async def load(
-        self, source: ModelSource, overrides: dict[str, float] | None = None, workers: int | None = None
-    ) -> LoadedModel:
-        """(Re)load a repository model; its default version."""
+    async def load(self, name: str) -> ModelInfo:
+        """(Re)load a repository model by name; its default version."""
         ...
 
     async def register(
         self, name: str, overrides: dict[str, float], workers: int | None, *, wait: bool
-    ) -> LoadedModel | None:
+    ) -> ModelInfo | None:
         """Load a model that is not serving yet, waiting for it or not."""
         ...
 
@@ -79,10 +81,10 @@ class Engine(Protocol):
         """Whether any version of the model takes requests."""
         ...
 
-    def scale(self, model: LoadedModel, workers: int) -> None:
+    async def scale(self, name: str, version: int, workers: int) -> None:
         """Set the batches a version may run at once; 0 pauses it."""
         ...
 
-    def set_default(self, name: str, version: int) -> None:
+    async def set_default(self, name: str, version: int) -> None:
         """Pin the version that version-less requests use."""
         ...

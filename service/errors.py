@@ -162,6 +162,14 @@ class DeadlineExceededError(ServiceError):
     ts_type = "DeadlineExceededException"
 
 
+class ClientGoneError(ServiceError):
+    """The client closed the connection while its request waited; it never runs, and nothing can be sent."""
+
+    status_code = 499
+    outcome = "cancelled"
+    ts_type = "ClientClosedRequestException"
+
+
 class InternalError(ServiceError):
     """A real fault on the server side; the message sent to clients is generic."""
 

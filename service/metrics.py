@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from collections.abc import Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -11,6 +12,7 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BODY_BUCKETS = tuple(float(4**i) for i in range(4, 14))  # 256 B .. 64 MiB
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set by `tandem serve --workers N` for every process it starts
 ROW_BUCKETS = tuple(float(2**i) for i in range(0, 13))  # 1 .. 4096 rows
 
 
@@ -56,11 +58,21 @@ class Metrics:
         self.inference_rows = Counter("tandem_inference_rows", "Rows inferred.", device, registry=registry)
         self.batches = Counter("tandem_batches", "Runtime calls (batches).", device, registry=registry)
         self.queue_requests = Gauge(
-            "tandem_queue_requests", "Requests waiting to join a batch.", model_version, registry=registry
+            "tandem_queue_requests",
+            "Requests waiting to join a batch.",
+            model_version,
+            registry=registry,
+            multiprocess_mode="livesum",
         )
-        self.inflight_batches = Gauge("tandem_inflight_batches", "Batches executing now.", device, registry=registry)
+        self.inflight_batches = Gauge(
+            "tandem_inflight_batches", "Batches executing now.", device, registry=registry, multiprocess_mode="livesum"
+        )
         self.model_ready = Gauge(
-            "tandem_model_ready", "1 if the version is READY.", (*model_version, "format", "device"), registry=registry
+            "tandem_model_ready",
+            "1 if the version is READY.",
+            (*model_version, "format", "device"),
+            registry=registry,
+            multiprocess_mode="livemax",
         )
         self.model_loads = Counter(
             "tandem_model_loads", "Load and reload attempts.", ("model", "outcome"), registry=registry
@@ -71,6 +83,13 @@ class Metrics:
             ("model", "format", "device"),
             buckets=LATENCY_BUCKETS,
             registry=registry,
+        )
+        self.gpu_memory_budget = Gauge(
+            "tandem_gpu_memory_budget_bytes",
+            "GPU memory budgeted (model.json gpu_memory_mb) to the model versions loaded on each GPU.",
+            ("device",),
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.request_body_bytes = Histogram(
             "tandem_request_body_bytes",
@@ -84,12 +103,15 @@ class Metrics:
             "Versions of tandem and its runtimes.",
             ("version", "onnxruntime", "tensorflow"),
             registry=registry,
+            multiprocess_mode="max",
         )
         self.build_info.labels(_version("tandem"), _version("onnxruntime-gpu"), _version("tensorflow")).set(1)
         registry.register(GpuCollector())
         # Label sets are bounded (dialects x loaded model versions x codes), so these caches are too.
         self._request_children: dict[tuple[str, str, str, int, str], Counter] = {}
         self._duration_children: dict[tuple[str, ...], Histogram] = {}
+        self._body_children: dict[str, Histogram] = {}
+        self.combined: CollectorRegistry | None = None  # every process's metrics, when there are several
 
     def observe_request(
         self, dialect: str, model: str, version: str, code: int, outcome: str, seconds: float | None
@@ -106,9 +128,30 @@ class Metrics:
                 timer = self._duration_children[key[:3]] = self.request_duration.labels(dialect, model, version)
             timer.observe(seconds)
 
+    def observe_body(self, dialect: str, size: int) -> None:
+        """The size of one decoded request body (child cached: hot path)."""
+        child = self._body_children.get(dialect)
+        if child is None:
+            child = self._body_children[dialect] = self.request_body_bytes.labels(dialect)
+        child.observe(size)
+
     def batch_observer(self, model: str, version: str, device: str) -> BatchMetrics:
         """Children bound to one model version, handed to its batcher."""
         return BatchMetrics(self, model, version, device)
+
+
+def exposition(metrics: Metrics) -> CollectorRegistry:
+    """What /metrics serves: this process's registry, or every process's when they share a metrics directory."""
+    if os.environ.get(MULTIPROC_ENV) is None:
+        return metrics.registry
+    if metrics.combined is None:
+        from prometheus_client import multiprocess
+
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+        combined.register(GpuCollector())
+        metrics.combined = combined
+    return metrics.combined
 
 
 def _version(dist: str) -> str:

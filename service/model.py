@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from service.errors import ModelNotReadyError, QueueFullError, VersionNotFoundError
 from service.repository import ModelConfig
 from service.stats import ModelStats
 from service.tensors import TensorSpec
@@ -57,6 +59,85 @@ class Limits:
         )
 
 
+class StatsInfo(Protocol):
+    """What the routes read and feed of a version's statistics."""
+
+    def request_finished(self, ok: bool, started_ns: int) -> None:
+        """One request left the model."""
+        ...
+
+    def as_json(self, name: str, version: int) -> dict[str, Any]:
+        """One entry of {"model_stats": [...]}."""
+        ...
+
+
+class ModelInfo(Protocol):
+    """One model version as the routes see it: a LoadedModel in-process, a snapshot of one in a worker process."""
+
+    name: str
+    version: int
+    config: ModelConfig
+    state: ModelState
+    reason: str | None
+    limits: Limits | None
+    loaded_at: float
+    admitting: int
+
+    @property
+    def stats(self) -> StatsInfo:
+        """Cumulative statistics."""
+        ...
+
+    @property
+    def label(self) -> str:
+        """How messages name this version."""
+        ...
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """Input signature."""
+        ...
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        """Output signature."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """Whether the version takes requests."""
+        ...
+
+    @property
+    def format(self) -> str | None:
+        """Artifact format."""
+        ...
+
+    @property
+    def device(self) -> str | None:
+        """Where it runs; None until loaded."""
+        ...
+
+    @property
+    def degraded(self) -> bool | None:
+        """GPU wanted, CPU used."""
+        ...
+
+    @property
+    def signature_name(self) -> str | None:
+        """The served signature."""
+        ...
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting to join a batch."""
+        ...
+
+    def admit(self) -> None:
+        """Refuse (503) before the body is read when the queue is full."""
+        ...
+
+
 @dataclass(eq=False)
 class LoadedModel:
     """One model version as served: its signature, limits, runtime and batcher."""
@@ -71,6 +152,7 @@ class LoadedModel:
     limits: Limits | None = None
     loaded_at: float = field(default_factory=time.time)
     stats: ModelStats = field(default_factory=ModelStats)
+    admitting: int = 0  # requests past admission whose bodies are being read and decoded, not yet queued
 
     @property
     def label(self) -> str:
@@ -116,3 +198,41 @@ class LoadedModel:
     def queue_depth(self) -> int:
         """Requests waiting to join a batch."""
         return self.batcher.queue_depth if self.batcher else 0
+
+    def admit(self) -> None:
+        """Refuse a request before its body is read when the queue, counting those being decoded, is full.
+
+        Refusing is then nearly free, so an overloaded model keeps its CPU for the requests it can serve.
+        """
+        if self.batcher is None or self.limits is None:
+            return
+        limit = self.limits.max_queue_size
+        if self.batcher.queue_depth + self.admitting >= limit:
+            self.stats.request_finished(False, time.perf_counter_ns())
+            message = f"{self.label}: queue is full ({limit} requests waiting)"
+            raise QueueFullError(message, retry_after_s=self.batcher.retry_after_s())
+
+
+Version = TypeVar("Version", bound="ModelInfo")
+
+
+def resolve(
+    name: str, versions: Mapping[int, Version], version: int | None, label: str | None, pinned: int | None
+) -> Version:
+    """The version asked (by number or `version_labels` label), else the pinned default, else the highest READY."""
+    if label is not None:
+        version = next(iter(versions.values())).config.version_labels.get(label)
+        if version is None or version not in versions:
+            raise VersionNotFoundError(f"model '{name}' has no label '{label}'")
+    if version is not None:
+        try:
+            return versions[version]
+        except KeyError:
+            raise VersionNotFoundError(f"model '{name}' has no version {version}") from None
+    if pinned is not None and pinned in versions:
+        return versions[pinned]
+    ready = [v for v, m in versions.items() if m.ready]
+    if ready:
+        return versions[max(ready)]
+    latest = versions[max(versions)]
+    raise ModelNotReadyError(f"model '{name}' has no ready version ({latest.reason or latest.state.value})")

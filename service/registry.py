@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from service import repository
 from service.errors import (
-    BadRequestError,
-    ConflictError,
-    ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
     ServiceError,
@@ -22,7 +19,7 @@ from service.errors import (
 from service.inference import InferRequest, InferResponse, select, validate
 from service.loading import Loader, RuntimeLoader
 from service.metrics import Metrics
-from service.model import LoadedModel, ModelState
+from service.model import LoadedModel, ModelState, resolve
 from service.repository import ModelConfig, ModelSource
 from service.runtimes import load_runtime
 from service.settings import Settings
@@ -46,6 +43,7 @@ class Registry:
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self.registered: set[str] = set()  # models loaded through the control API rather than at start-up
+        self.listeners: list[Callable[[], None]] = []  # told after every change of what is loaded or its state
         self.closing = False
 
     # ----- lookups (hot path) -------------------------------------------------------------------
@@ -62,24 +60,7 @@ class Registry:
 
     def get(self, name: str, version: int | None = None, label: str | None = None) -> LoadedModel:
         """The asked version (or the one a `version_labels` label names), else the pinned default, else the latest."""
-        versions = self.versions(name)
-        if label is not None:
-            version = next(iter(versions.values())).config.version_labels.get(label)
-            if version is None or version not in versions:
-                raise VersionNotFoundError(f"model '{name}' has no label '{label}'")
-        if version is not None:
-            try:
-                return versions[version]
-            except KeyError:
-                raise VersionNotFoundError(f"model '{name}' has no version {version}") from None
-        pinned = self._default.get(name)
-        if pinned is not None and pinned in versions:
-            return versions[pinned]
-        ready = [v for v, m in versions.items() if m.ready]
-        if ready:
-            return versions[max(ready)]
-        latest = versions[max(versions)]
-        raise ModelNotReadyError(f"model '{name}' has no ready version ({latest.reason or latest.state.value})")
+        return resolve(name, self.versions(name), version, label, self._default.get(name))
 
     def describe(self, name: str, version: int | None = None) -> LoadedModel:
         """Like get, but a model with no ready version gives its highest version (to report why) instead of 503."""
@@ -101,25 +82,35 @@ class Registry:
         """Server readiness: not draining, and every model has a ready version."""
         return not self.closing and all(any(m.ready for m in vs.values()) for vs in self._models.values())
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Run a validated request; a version-less one caught by a version swap retries on the new default."""
+    async def infer(self, request: InferRequest, gone: Callable[[], bool] | None = None) -> InferResponse:
+        """Run a validated request; a version-less one caught by a version swap retries on the new default.
+
+        `gone` tells whether the client has left; such a request is dropped before it runs.
+        """
         if self.closing:
             raise ShuttingDownError()
-        model = self.get(request.model, request.version)
+        model = self.versions(request.model).get(request.version)
+        if model is None or not model.ready:  # retired since the request was validated (another process's view)
+            model = self.get(request.model, request.version) if request.pinned else self._switch(request, model)
         try:
-            return await self._run(model, request)
+            return await self._run(model, request, gone)
         except (ShuttingDownError, ModelNotReadyError):
             if self.closing or request.pinned:
                 raise
-            retry = self.get(request.model)
+            retry = self._switch(request, model)
             if retry is model:
                 raise
-            if retry.inputs != model.inputs or retry.outputs != model.outputs:
-                validate(request, retry.inputs, retry.outputs, _max_rows(retry), retry.label)
-            request.version = retry.version
-            return await self._run(retry, request)
+            return await self._run(retry, request, gone)
 
-    async def _run(self, model: LoadedModel, request: InferRequest) -> InferResponse:
+    def _switch(self, request: InferRequest, old: LoadedModel | None) -> LoadedModel:
+        """Move a version-less request to the current default, validating it again if the signature changed."""
+        model = self.get(request.model)
+        if old is None or model.inputs != old.inputs or model.outputs != old.outputs:
+            validate(request, model.inputs, model.outputs, _max_rows(model), model.label)
+        request.version = model.version
+        return model
+
+    async def _run(self, model: LoadedModel, request: InferRequest, gone: Callable[[], bool] | None) -> InferResponse:
         """Queue for a batch; the outcome counts in the version's stats."""
         batcher, limits = model.batcher, model.limits
         if model.state is not ModelState.READY or batcher is None or limits is None:
@@ -128,7 +119,7 @@ class Registry:
         queue_deadline = time.monotonic() + limits.queue_timeout_ms / 1000 if limits.queue_timeout_ms > 0 else None
         try:
             produced = await batcher.submit(
-                request.inputs, rows=request.rows, deadline=request.deadline, queue_deadline=queue_deadline
+                request.inputs, rows=request.rows, deadline=request.deadline, queue_deadline=queue_deadline, gone=gone
             )
         except ServiceError:
             model.stats.request_finished(False, started)
@@ -162,6 +153,7 @@ class Registry:
                 await self._retire(current.pop(version))
             if self._default.get(source.name) not in current:
                 self._default.pop(source.name, None)
+            self.changed()
             return [current[v] for v in wanted if v in current]
 
     async def poll_forever(self) -> None:
@@ -198,10 +190,12 @@ class Registry:
             if not versions:
                 del self._models[name]
                 self.registered.discard(name)
+            self.changed()
 
     async def close(self, timeout_s: float) -> None:
         """Drain every batcher (bounded by timeout_s), then free runtimes and threads."""
         self.closing = True
+        self.changed()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*(self._retire(m, timeout_s) for m in self.all_models()))
@@ -214,79 +208,16 @@ class Registry:
         model.state = ModelState.UNAVAILABLE
         model.reason = model.reason or "unloaded"
         self._loader.close_runtime(model)
+        self.changed()
 
-    # ----- control operations (the HTTP and gRPC control routes parse, then call these) ----------
-    async def find(self, name: str) -> ModelSource | None:
-        """A repository model by name (never by path or URL), read off the event loop."""
-        return await asyncio.to_thread(repository.find_model, self.settings.models_dir, name)
+    def changed(self) -> None:
+        """Tell the listeners (a worker-process bridge) that what is loaded, or its state, changed."""
+        for listener in self.listeners:
+            listener()
 
-    async def repository_names(self) -> set[str]:
-        """Every model name in the repository, loaded or not; empty when it cannot be read."""
-        try:
-            return set(await asyncio.to_thread(repository.scan, self.settings.models_dir))
-        except (repository.RepositoryError, OSError):
-            return set()
-
-    async def load(
-        self, source: ModelSource, overrides: dict[str, float] | None = None, workers: int | None = None
-    ) -> LoadedModel:
-        """(Re)load a repository model and return its default version; 400 with the reason when none comes up."""
-        was_serving = self.serving(source.name)
-        models = await self.load_source(source, overrides)
-        ready = [m for m in models if m.ready]
-        if not ready:
-            reasons = [m.reason for m in models if m.reason] + [source.error or "no version to load"]
-            raise ModelLoadError(f"failed to load model '{source.name}': {reasons[0]}")
-        if not was_serving:
-            self.registered.add(source.name)
-        if workers == 0:
-            for model in ready:
-                self.scale(model, 0)
-        return self.get(source.name)
-
-    async def register(
-        self, name: str, overrides: dict[str, float], workers: int | None, *, wait: bool
-    ) -> LoadedModel | None:
-        """Load a repository model that is not serving yet (TorchServe's register); in the background unless `wait`."""
-        if self.serving(name):
-            raise ConflictError(f'Model "{name}" is already registered')
-        source = await self.find(name)
-        if source is None:
-            raise ModelNotFoundError(f"Model not found in the repository: {name}")
-        size, preferred = overrides.get("max_batch_size"), source.config.preferred_batch_sizes
-        if size is not None and size > 1 and preferred and max(preferred) > size:
-            raise BadRequestError(f"batch_size {int(size)} is below the model's preferred_batch_sizes {preferred}")
-        self.registered.add(name)
-        if wait:
-            return await self.load(source, overrides, workers)
-
-        async def load() -> None:
-            try:
-                await self.load(source, overrides, workers)
-            except Exception as exc:  # nobody awaits an asynchronous registration: log how it ended
-                log.error("asynchronous registration of model %s failed: %s", name, exc)
-
-        task = asyncio.get_running_loop().create_task(load())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return None
-
-    def serving(self, name: str) -> bool:
-        """Whether any version of `name` takes requests."""
-        return any(m.ready for m in self._models.get(name, {}).values())
-
-    def scale(self, model: LoadedModel, workers: int) -> None:
-        """Set the batches the version may run at once; 0 pauses it (its requests get 503)."""
-        if model.batcher is None or model.limits is None or not model.ready:
-            raise ModelNotReadyError(f"{model.label} is not ready: {model.reason or model.state.value.lower()}")
-        model.batcher.set_max_concurrent_batches(workers)
-        model.limits = dataclasses.replace(model.limits, max_concurrent_batches=workers)
-
-    def set_default(self, name: str, version: int) -> None:
-        """Pin the version that version-less URLs use, in every dialect."""
-        if version not in self.versions(name):
-            raise VersionNotFoundError(f"model '{name}' has no version {version}")
-        self._default[name] = version
+    def snapshot(self) -> tuple[dict[str, dict[int, LoadedModel]], dict[str, int]]:
+        """Every version by name, and the default pins: what another process needs to answer lookups."""
+        return self._models, self._default
 
 
 def _is_ready(model: LoadedModel | None) -> bool:

@@ -61,6 +61,9 @@ class ModelConfig(BaseModel):
     request_timeout_ms: float | None = Field(None, gt=0)
     max_concurrent_batches: int | None = Field(None, ge=1, le=64)
     device: Literal["auto", "cpu", "cuda"] | None = None
+    devices: list[int] | None = Field(None, description="GPU indices to place the model on; default: gpu_device_id.")
+    instances: int = Field(1, ge=1, le=16, description="Runtime sessions per GPU; the CPU always gets one.")
+    gpu_memory_mb: int | None = Field(None, ge=1, description="GPU memory budget per GPU (MiB), shared by instances.")
     version_policy: Literal["latest", "all", "specific"] = "latest"
     num_versions: int = Field(1, ge=1, description="With version_policy=latest: how many of the highest versions.")
     versions: list[int] = Field(default_factory=list, description="With version_policy=specific.")
@@ -72,6 +75,13 @@ class ModelConfig(BaseModel):
         if any(size < 1 for size in value):
             raise ValueError("preferred_batch_sizes must be positive")
         return sorted(set(value))
+
+    @field_validator("devices")
+    @classmethod
+    def _device_indices(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or any(i < 0 for i in value) or len(set(value)) != len(value)):
+            raise ValueError("devices must be a non-empty list of distinct GPU indices (0, 1, ...)")
+        return value
 
     @field_validator("version_labels")
     @classmethod
@@ -85,6 +95,12 @@ class ModelConfig(BaseModel):
     def _specific_needs_versions(self) -> ModelConfig:
         if self.version_policy == "specific" and not self.versions:
             raise ValueError("version_policy 'specific' needs a non-empty 'versions' list")
+        return self
+
+    @model_validator(mode="after")
+    def _gpu_keys_need_a_gpu(self) -> ModelConfig:
+        if self.device == "cpu" and (self.devices is not None or self.gpu_memory_mb is not None or self.instances > 1):
+            raise ValueError("device 'cpu' takes no devices, instances or gpu_memory_mb (they place GPU sessions)")
         return self
 
 
@@ -120,16 +136,24 @@ def read_config(model_dir: Path) -> ModelConfig:
 
 
 def detect_format(version_dir: Path) -> str | None:
-    """Which artifact a version directory holds, if any."""
+    """Which artifact a version directory holds, if any (TF Serving's bare saved_model.pb counts as a SavedModel)."""
     for fmt, artifact in ARTIFACT_NAMES.items():
         if (version_dir / artifact).exists():
             return fmt
-    return None
+    return "savedmodel" if _bare_savedmodel(version_dir) else None
 
 
 def artifact_path(version_dir: Path, fmt: str) -> Path:
-    """Where the artifact of `fmt` lives inside a version directory."""
-    return version_dir / ARTIFACT_NAMES[fmt]
+    """Where the artifact of `fmt` lives: in the version directory, or that directory itself (TF Serving's layout)."""
+    path = version_dir / ARTIFACT_NAMES[fmt]
+    if fmt == "savedmodel" and not path.exists() and _bare_savedmodel(version_dir):
+        return version_dir
+    return path
+
+
+def _bare_savedmodel(version_dir: Path) -> bool:
+    """TF Serving's layout: <base path>/<version>/saved_model.pb (with variables/) directly in the version directory."""
+    return (version_dir / "saved_model.pb").is_file()
 
 
 def read_model(model_dir: Path) -> ModelSource:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
+import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from service.batching import BatchObserver, Pending
-from service.errors import DeadlineExceededError, QueueTimeoutError, ServiceError
+from service.errors import ClientGoneError, DeadlineExceededError, QueueTimeoutError, ServiceError
 
 
 class RequestQueue:
@@ -31,21 +30,24 @@ class RequestQueue:
         if self._observer is not None:
             self._observer.queue_depth(self.depth)
 
-    def arm_timers(self, item: Pending) -> list[asyncio.TimerHandle]:
-        """Timers that fail the request at its deadline (queued or running) and queue deadline (queued only)."""
-        loop, now = asyncio.get_running_loop(), time.monotonic()
-        timers: list[asyncio.TimerHandle] = []
-        if item.deadline is not None:
-            timers.append(loop.call_later(item.deadline - now, self._expire, item, False))
-        if item.queue_deadline is not None:
-            timers.append(loop.call_later(item.queue_deadline - now, self._expire, item, True))
-        return timers
+    def sweep(self, running: Iterable[Pending], now: float) -> float | None:
+        """Fail every request past a deadline (queued or running) or its queue deadline (queued); the next due time.
 
-    def _expire(self, item: Pending, queue_only: bool) -> None:
-        # A deadline fails the request queued or running (a running batch's result is then discarded);
-        # a queue deadline only counts until the batch starts.
-        if not item.future.done() and (item.queued or not queue_only):
-            self.fail(item, self.queue_timeout() if queue_only else self.deadline_error())
+        One timer per batcher calls this at the earliest due time, instead of timers per request.
+        """
+        due: float | None = None
+        for item in itertools.chain(self.items, self.forming, running):
+            if item.future.done():
+                continue
+            if item.deadline is not None and item.deadline <= now:
+                self.fail(item, self.deadline_error())
+            elif item.queued and item.queue_deadline is not None and item.queue_deadline <= now:
+                self.fail(item, self.queue_timeout())
+            else:
+                for when in (item.deadline, item.queue_deadline if item.queued else None):
+                    if when is not None and (due is None or when < due):
+                        due = when
+        return due
 
     def deadline_error(self) -> DeadlineExceededError:
         """The 504 for a request past its deadline."""
@@ -78,13 +80,15 @@ class RequestQueue:
         self.items.clear()
 
     def live(self, item: Pending, now: float) -> bool:
-        """False for a request that may no longer run: abandoned, failed, or past a deadline (then failed)."""
+        """False for a request that may no longer run: abandoned, failed, past a deadline, or its client gone."""
         if item.future.done():
             self.leave(item)
         elif item.deadline is not None and item.deadline <= now:
             self.fail(item, self.deadline_error())
         elif item.queue_deadline is not None and item.queue_deadline <= now:
             self.fail(item, self.queue_timeout())
+        elif item.gone is not None and item.gone():
+            self.fail(item, ClientGoneError(f"{self._who}: the client closed the connection"))
         else:
             return True
         return False

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(
         0, ge=0, description="Rescan the repository for new or removed versions every N seconds; 0 = off."
     )
+    workers: str = Field(
+        "1",
+        pattern=r"^(auto|[1-9][0-9]{0,2})$",
+        description="HTTP worker processes feeding one engine process (auto: one per CPU); 1 = one process.",
+    )
     drain_timeout_s: float = Field(
         20.0, ge=0, le=600, description="On SIGTERM, longest wait for queued and running requests (s)."
     )

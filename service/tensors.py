@@ -26,6 +26,7 @@ DATATYPE_TO_NUMPY: dict[str, str] = {
 }
 NUMPY_TO_DATATYPE: dict[str, str] = {v: k for k, v in DATATYPE_TO_NUMPY.items()}
 _NUMPY_DTYPES: dict[str, np.dtype[Any]] = {k: np.dtype(v) for k, v in DATATYPE_TO_NUMPY.items()}
+_DATATYPES: dict[np.dtype[Any], str] = {dtype: name for name, dtype in _NUMPY_DTYPES.items()}
 
 
 def numpy_dtype(datatype: str) -> np.dtype[Any]:
@@ -38,6 +39,9 @@ def numpy_dtype(datatype: str) -> np.dtype[Any]:
 
 def datatype_of(dtype: np.dtype[Any]) -> str:
     """V2 datatype name for a numpy dtype (str and bytes arrays count as BYTES)."""
+    found = _DATATYPES.get(dtype)  # a dict hit: dtype.name is slow, and this runs for every tensor
+    if found is not None:
+        return found
     if dtype.kind in "OSU":
         return "BYTES"
     return NUMPY_TO_DATATYPE[dtype.name]

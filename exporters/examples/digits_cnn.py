@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from exporters import step
 from exporters.examples.digits import LABELS, SEED, Split, check_accuracy
 from exporters.keras_export import KerasSource, prepare_tensorflow
-from exporters.pipeline import Checks, export_model, step
+from exporters.pipeline import Checks, export_model
 from exporters.writer import Target
 
 NAME = "digits_cnn"

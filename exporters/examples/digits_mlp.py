@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from exporters import step
 from exporters.examples.digits import LABELS, SEED, Split, check_accuracy
-from exporters.pipeline import Checks, export_model, step
+from exporters.pipeline import Checks, export_model
 from exporters.spec import BATCH, InputSpec
 from exporters.torch_export import TorchSource
 from exporters.writer import Target

@@ -14,20 +14,20 @@ from service.api.http import (
     begin,
     check_name,
     deadline,
+    disconnected,
     engine,
     finish,
     not_ready,
     parse_version,
     read_body,
     settings,
-    until_done_or_disconnect,
 )
 from service.errors import ModelNotFoundError, ServiceError
 from service.inference import InferRequest, InferResponse, validate
-from service.model import LoadedModel
+from service.model import ModelInfo
 
 # decode(body, headers, model, max_body_bytes) -> the request and what the encoder needs to answer it
-Decode = Callable[[bytes, Mapping[str, str], LoadedModel, int], tuple[InferRequest, Any]]
+Decode = Callable[[bytes, Mapping[str, str], ModelInfo, int], tuple[InferRequest, Any]]
 # encode(response, what decode kept) -> the HTTP response
 Encode = Callable[[InferResponse, Any], Response]
 
@@ -63,9 +63,26 @@ async def infer(
     call.bind(model.name, model.version)
     if not model.ready:
         raise not_ready(model)
+    model.admit()
+    model.admitting += 1
+    try:
+        infer_request, reply = await _decoded(request, dialect, model)
+    finally:
+        model.admitting -= 1
+    infer_request.pinned = version is not None or label is not None
+    infer_request.deadline = deadline(request, model.limits, infer_request.parameters.get("timeout"))
+    response = await found.infer(infer_request, disconnected(request.receive))
+    call.bind(response.model, response.version)
+    answer = dialect.encode(response, reply)
+    finish(request.app.state.metrics, call, 200, "ok")
+    return answer
+
+
+async def _decoded(request: Request, dialect: Dialect, model: ModelInfo) -> tuple[InferRequest, Any]:
+    """Read, decode and validate the body against the version's signature."""
     max_bytes = settings(request).max_body_bytes
     body = await read_body(request, max_bytes, decompress=dialect.decompress)
-    request.app.state.metrics.request_body_bytes.labels(dialect.name).observe(len(body))
+    request.app.state.metrics.observe_body(dialect.name, len(body))
     infer_request, reply = dialect.decode(body, request.headers, model, max_bytes)
     max_rows = model.limits.max_batch_size if model.limits else 0
     try:
@@ -73,10 +90,4 @@ async def infer(
     except ServiceError:
         model.stats.request_finished(False, time.perf_counter_ns())  # Triton counts refused requests as failed
         raise
-    infer_request.pinned = version is not None or label is not None
-    infer_request.deadline = deadline(request, model.limits, infer_request.parameters.get("timeout"))
-    response = await until_done_or_disconnect(request, found.infer(infer_request))
-    call.bind(response.model, response.version)
-    answer = dialect.encode(response, reply)
-    finish(request.app.state.metrics, call, 200, "ok")
-    return answer
+    return infer_request, reply

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from service import repository
 from service.api.http import TORCHSERVE_NOT_FOUND, check_name, engine, json_response, parse_version, require_control
 from service.errors import BadRequestError, ModelNotFoundError, ModelNotReadyError
-from service.model import LoadedModel
+from service.model import ModelInfo
 
 if TYPE_CHECKING:
     from service.engine import Engine
@@ -25,7 +25,7 @@ MAX_WORKERS = 64
 _REFUSED_PARAMS = ("handler", "runtime", "s3_sse_kms")
 
 
-def lookup(found: Engine, name: str, version: int | None, *, describe: bool = False) -> LoadedModel:
+def lookup(found: Engine, name: str, version: int | None, *, describe: bool = False) -> ModelInfo:
     """Engine.get (or Engine.describe) with TorchServe's wording for an unknown model."""
     try:
         return found.describe(name, version) if describe else found.get(name, version)
@@ -58,6 +58,7 @@ async def describe(request: Request, name: str, version: str | None = None) -> R
     """Always a JSON array: the default version, the one named, or every version for `all`."""
     found = engine(request)
     check_name(name)
+    await found.sync()
     if version == "all":
         models = [m for _, m in sorted(found.versions(name).items())]
     else:
@@ -65,7 +66,7 @@ async def describe(request: Request, name: str, version: str | None = None) -> R
     return json_response([_describe(m, name not in found.registered) for m in models])
 
 
-def _describe(model: LoadedModel, at_startup: bool) -> dict[str, Any]:
+def _describe(model: ModelInfo, at_startup: bool) -> dict[str, Any]:
     limits = model.limits
     workers = limits.max_concurrent_batches if limits and model.ready else 0
     started = datetime.datetime.fromtimestamp(model.loaded_at, datetime.UTC).isoformat()
@@ -160,7 +161,7 @@ async def scale_workers(request: Request, name: str, version: str | None = None)
     if high >= 0 and high < low:
         raise BadRequestError(f"max_worker {high} is below min_worker {low}")
     _int(query.get("timeout"), "timeout", default=-1, low=-1)
-    found.scale(model, low)
+    await found.scale(model.name, model.version, low)
     if not _bool(query.get("synchronous"), "synchronous"):
         return json_response({"status": "Processing worker updates..."}, status_code=202)
     suffix = f", version: {model.version}" if version is not None else ""
@@ -173,7 +174,7 @@ async def set_default(request: Request, name: str, version: str) -> Response:
     require_control(request)
     found = engine(request)
     model = lookup(found, check_name(name), parse_version(version, name))
-    found.set_default(name, model.version)
+    await found.set_default(name, model.version)
     return json_response({"status": f'Default version successfully updated for model "{name}" to "{model.version}"'})
 
 

@@ -26,7 +26,7 @@ from service.errors import (
     NotImplementedFeatureError,
 )
 from service.inference import InferRequest, InferResponse
-from service.model import LoadedModel, ModelState
+from service.model import ModelInfo, ModelState
 from service.repository import LABEL
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ def _serving(found: Engine, name: str) -> bool:
         return False
 
 
-def _status(model: LoadedModel) -> dict[str, object]:
+def _status(model: ModelInfo) -> dict[str, object]:
     failed = model.state is ModelState.UNAVAILABLE and model.reason not in (None, "unloaded")
     return {
         "version": str(model.version),
@@ -154,7 +154,7 @@ def metadata(request: Request, target: Target) -> Response:
     return json_response(body, headers={VERSION_HEADER: str(model.version)})
 
 
-def _decode(body: bytes, headers: Mapping[str, str], model: LoadedModel, max_bytes: int) -> tuple[InferRequest, Any]:
+def _decode(body: bytes, headers: Mapping[str, str], model: ModelInfo, max_bytes: int) -> tuple[InferRequest, Any]:
     decoded = decode_predict(body, model.inputs, model.signature_name or "", model.label)
     return InferRequest(model.name, model.version, decoded.arrays), decoded
 

@@ -12,12 +12,12 @@ from service.api.http import JSON, TORCHSERVE_NOT_FOUND, VERSION_HEADER
 from service.api.infer import Dialect, infer
 from service.codec_torchserve import decode_body, encode_outputs
 from service.inference import InferRequest, InferResponse
-from service.model import LoadedModel
+from service.model import ModelInfo
 
 router = APIRouter()
 
 
-def _decode(body: bytes, headers: Mapping[str, str], model: LoadedModel, max_bytes: int) -> tuple[InferRequest, Any]:
+def _decode(body: bytes, headers: Mapping[str, str], model: ModelInfo, max_bytes: int) -> tuple[InferRequest, Any]:
     arrays, instance = decode_body(body, headers.get("content-type"), model.inputs, model.label)
     return InferRequest(model.name, model.version, arrays), instance
 

@@ -14,7 +14,7 @@ from service.api.infer import Dialect
 from service.api.infer import infer as serve_infer
 from service.codec_v2 import V2Request, decode_request, encode_response, select_outputs
 from service.inference import InferRequest, InferResponse
-from service.model import LoadedModel
+from service.model import ModelInfo
 
 router = APIRouter()
 PLATFORMS = {"onnx": "onnx_onnxv1", "savedmodel": "tensorflow_savedmodel"}
@@ -95,7 +95,7 @@ def _triton_tensor(name: str, datatype: str, shape: tuple[int, ...], limits: obj
     return {"name": name, "data_type": f"TYPE_{'STRING' if datatype == 'BYTES' else datatype}", "dims": dims}
 
 
-def _decode(body: bytes, headers: Mapping[str, str], model: LoadedModel, max_bytes: int) -> tuple[InferRequest, Any]:
+def _decode(body: bytes, headers: Mapping[str, str], model: ModelInfo, max_bytes: int) -> tuple[InferRequest, Any]:
     req = decode_request(body, headers.get("inference-header-content-length"), max_bytes)
     outputs = None if req.outputs is None else tuple(name for name, _ in req.outputs)
     parameters = {"timeout": req.timeout_us} if req.timeout_us is not None else {}
@@ -124,5 +124,5 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     return await serve_infer(request, V2, name, version)
 
 
-def _lookup(request: Request, name: str, version: str | None) -> LoadedModel:
+def _lookup(request: Request, name: str, version: str | None) -> ModelInfo:
     return engine(request).describe(name, parse_version(version, check_name(name)))

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from service.api.http import check_name, engine, json_response, parse_version, read_body, require_control
 from service.codec import parse_json
 from service.errors import BadRequestError, ModelNotFoundError
-from service.model import LoadedModel
+from service.model import ModelInfo
 
 if TYPE_CHECKING:
     from service.engine import Engine
@@ -36,7 +36,7 @@ async def index(request: Request) -> Response:
     return json_response(entries)
 
 
-def _index_entry(model: LoadedModel) -> dict[str, str]:
+def _index_entry(model: ModelInfo) -> dict[str, str]:
     entry = {"name": model.name, "version": str(model.version) if model.version else "", "state": model.state.value}
     if model.reason and not model.ready:
         entry["reason"] = model.reason
@@ -51,11 +51,7 @@ async def load(request: Request, name: str) -> Response:
     params = _parameters(await _json_object(request))
     if "config" in params or any(key.startswith("file:") for key in params):
         raise BadRequestError("config overrides and file uploads are not supported: load from the repository")
-    found = engine(request)
-    source = await found.find(name)
-    if source is None:
-        raise ModelNotFoundError(f"model '{name}' not found in the repository")
-    await found.load(source)
+    await engine(request).load(name)
     return Response(status_code=200)
 
 
@@ -71,7 +67,7 @@ async def unload(request: Request, name: str) -> Response:
     try:
         await found.unload(name)
     except ModelNotFoundError:
-        if await found.find(name) is None:
+        if not await found.in_repository(name):
             raise
     return Response(status_code=200)
 
@@ -82,6 +78,7 @@ async def unload(request: Request, name: str) -> Response:
 async def statistics(request: Request, name: str | None = None, version: str | None = None) -> Response:
     """Cumulative per-version statistics: every model, every version of one, or one version."""
     found = engine(request)
+    await found.sync()
     if name is None:
         models = [m for m in found.all_models() if m.version]
     else:
@@ -89,7 +86,7 @@ async def statistics(request: Request, name: str | None = None, version: str | N
     return json_response({"model_stats": [m.stats.as_json(m.name, m.version) for m in models]})
 
 
-def _versions_of(found: Engine, name: str, version: int | None) -> list[LoadedModel]:
+def _versions_of(found: Engine, name: str, version: int | None) -> list[ModelInfo]:
     if version is not None:
         return [found.get(name, version)]
     return [m for v, m in sorted(found.versions(name).items()) if v]

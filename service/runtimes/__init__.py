@@ -24,6 +24,11 @@ class RuntimeOptions:
     allow_cpu_fallback: bool = True
     intra_op_threads: int = 0
     signature_name: str | None = None
+    # model.json placement (service.runtimes.placement): the model's budget on each of its GPUs, shared by its
+    # instances there (0 = no limit), how many instances share it, and every GPU the model is placed on.
+    gpu_memory_bytes: int = 0
+    instances_per_device: int = 1
+    model_devices: tuple[int, ...] = ()
 
 
 class Runtime(Protocol):

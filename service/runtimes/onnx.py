@@ -61,18 +61,36 @@ def _session_options(options: RuntimeOptions) -> ort.SessionOptions:
     return so
 
 
+def cuda_provider_options(options: RuntimeOptions) -> dict[str, str | int]:
+    """The CUDA provider's options: the device, and with a budget this session's share as its arena limit.
+
+    `gpu_mem_limit` caps ONNX Runtime's memory arena (bytes); `kSameAsRequested` grows the arena by what a run asks
+    for, instead of doubling, so that a budget is not lost to rounding. The CUDA context and the cuBLAS/cuDNN handles
+    lie outside the arena.
+    """
+    provider: dict[str, str | int] = {"device_id": options.gpu_device_id}
+    if options.gpu_memory_bytes > 0:
+        provider["gpu_mem_limit"] = options.gpu_memory_bytes // max(1, options.instances_per_device)
+        provider["arena_extend_strategy"] = "kSameAsRequested"
+    return provider
+
+
+def session_providers(options: RuntimeOptions, want_cuda: bool) -> list[str | tuple[str, dict[str, str | int]]]:
+    """The providers a session asks for, in order: CUDA with its options first when wanted, then the CPU."""
+    cpu: list[str | tuple[str, dict[str, str | int]]] = ["CPUExecutionProvider"]
+    return [(_CUDA, cuda_provider_options(options)), *cpu] if want_cuda else cpu
+
+
 class OnnxRuntime:
-    """One ONNX Runtime session per model version and device, shared by every request."""
+    """One ONNX Runtime session of a model version on one device; a pool holds several (service.runtimes.pool)."""
 
     format = "onnx"
 
     def __init__(self, artifact: Path, options: RuntimeOptions) -> None:
         want_cuda = cuda_wanted(options)
-        providers: list[Any] = ["CPUExecutionProvider"]
-        if want_cuda:
-            providers.insert(0, (_CUDA, {"device_id": options.gpu_device_id}))
-            if hasattr(ort, "preload_dlls"):
-                ort.preload_dlls()
+        providers = session_providers(options, want_cuda)
+        if want_cuda and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()
         try:
             self._session = ort.InferenceSession(str(artifact), _session_options(options), providers=providers)
         except Exception as exc:  # ORT raises several unrelated classes for a bad file

@@ -16,10 +16,22 @@ from service.runtimes import RuntimeOptions, TensorSpec, available_cpus
 log = logging.getLogger("tandem.runtime.savedmodel")
 _configured = threading.Lock()
 _done = False
+_limits_mib: dict[int, int | None] = {}  # TensorFlow's memory limit per GPU as configured; None = memory growth
+MIB = 2**20
+
+
+def memory_plan(gpu_count: int, options: RuntimeOptions) -> dict[int, int | None]:
+    """TensorFlow's memory limit (MiB) per GPU: the first SavedModel's budget on its GPUs, growth (None) elsewhere.
+
+    TensorFlow fixes its GPU configuration once per process, before its first GPU use, and every SavedModel on a GPU
+    shares that GPU's one allocator: later models cannot get limits of their own.
+    """
+    limit = options.gpu_memory_bytes // MIB
+    return {i: limit if limit > 0 and i in options.model_devices else None for i in range(gpu_count)}
 
 
 def configure_tensorflow(options: RuntimeOptions) -> Any:
-    """Import TensorFlow once, with memory growth and thread counts set before it initialises."""
+    """Import TensorFlow once, with memory limits (or growth) and thread counts set before it initialises."""
     global _done
     # Filters TensorFlow's C++ INFO/WARNING logs (TF 2.21 prints its first few import-time lines regardless).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,8 +41,14 @@ def configure_tensorflow(options: RuntimeOptions) -> Any:
         if not _done:
             try:
                 # Placement is per model (tf.device below); hiding GPUs here would move every later model to CPU.
-                for gpu in tf.config.list_physical_devices("GPU"):
-                    tf.config.experimental.set_memory_growth(gpu, True)
+                gpus = tf.config.list_physical_devices("GPU")
+                for index, limit in memory_plan(len(gpus), options).items():
+                    if limit is None:
+                        tf.config.experimental.set_memory_growth(gpus[index], True)
+                    else:
+                        config = tf.config.LogicalDeviceConfiguration(memory_limit=limit)
+                        tf.config.set_logical_device_configuration(gpus[index], [config])
+                    _limits_mib[index] = limit
                 threads = options.intra_op_threads or available_cpus()
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
                 tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -100,6 +118,10 @@ class SavedModelRuntime:
         if self.degraded and not options.allow_cpu_fallback:
             raise ModelLoadError("configured for GPU but TensorFlow sees no GPU (CUDA 12 libraries or driver missing)")
         use_gpu = want_gpu and bool(gpus)
+        if use_gpu and options.gpu_device_id >= len(gpus):
+            raise ModelLoadError(f"TensorFlow sees no GPU cuda:{options.gpu_device_id} (it sees {len(gpus)})")
+        if use_gpu and options.gpu_memory_bytes:
+            _warn_unenforced(options)
         self.device = f"cuda:{options.gpu_device_id}" if use_gpu else "cpu"
         self._tf_device = f"/GPU:{options.gpu_device_id}" if use_gpu else "/CPU:0"
         try:
@@ -132,6 +154,19 @@ class SavedModelRuntime:
         """Drop references so TensorFlow can free the model."""
         del self._fn
         del self._model
+
+
+def _warn_unenforced(options: RuntimeOptions) -> None:
+    configured = _limits_mib.get(options.gpu_device_id)
+    if configured != options.gpu_memory_bytes // MIB:
+        sized = "memory growth (no limit)" if configured is None else f"a {configured} MiB limit"
+        log.warning(
+            "TensorFlow set cuda:%d up with %s before this SavedModel loaded; its %d MiB budget is counted against "
+            "the GPU but TensorFlow cannot enforce it on its own",
+            options.gpu_device_id,
+            sized,
+            options.gpu_memory_bytes // MIB,
+        )
 
 
 def load(artifact: Path, options: RuntimeOptions) -> SavedModelRuntime:

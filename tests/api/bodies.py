@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 JSON = "application/json"
 
@@ -32,3 +33,14 @@ def error(response: httpx.Response, status: int, kind: str) -> str:
     assert body["code"] == status
     assert body["type"] == kind
     return str(body["message"])
+
+
+def sample(http: httpx.Client, name: str, **labels: str) -> float:
+    """The value of the /metrics sample `name` with exactly these labels; 0 while it has never been set."""
+    response = http.get("/metrics")
+    assert response.status_code == 200, response.text
+    for family in text_string_to_metric_families(response.text):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return float(found.value)
+    return 0.0

@@ -1,4 +1,10 @@
-"""Real uvicorn processes serving tiny real ONNX models, one plain and one with model control on."""
+"""Real uvicorn processes serving tiny real ONNX models, one plain and one with model control on.
+
+The plain server is shared by the whole session: model control is off, so no test can change which models it
+serves; a test that counts there (metrics, statistics) compares the values before and after its own requests.
+A server with model control on is started per module, over a repository of its own, so what one module
+registers, loads, unloads, scales or pins never reaches another.
+"""
 
 from __future__ import annotations
 
@@ -34,9 +40,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop_server(running)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def control_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """mlp (1, 2) and multi (1, 2), with model control on behind the admin token."""
+    """This module's own server: mlp (1, 2) and multi (1, 2), model control on behind the admin token.
+
+    Within a module, a test that changes a model (multi's default, a scale) owns that model: no other test uses it.
+    """
     root = tmp_path_factory.mktemp("control")
     repo = root / "repo"
     for name in ("mlp", "multi"):

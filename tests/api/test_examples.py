@@ -53,10 +53,11 @@ def test_torchserve_curl_from_the_readme(examples: Server) -> None:
 def test_the_savedmodel_example_in_both_dialects(examples: Server) -> None:
     image = np.asarray(ZERO, dtype=np.float32).reshape(8, 8, 1).tolist()
     with examples.client() as http:
-        metadata = http.get("/v1/models/digits_cnn/metadata").json()
+        described = http.get("/v1/models/digits_cnn/metadata")
         tfs = http.post("/v1/models/digits_cnn:predict", json={"inputs": {"image": [image]}})
         ts = http.post("/predictions/digits_cnn", json=image)
-    signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert described.status_code == 200, described.text
+    signature = described.json()["metadata"]["signature_def"]["signature_def"]["serving_default"]
     assert signature["inputs"]["image"]["tensor_shape"]["dim"][1:] == [{"size": "8", "name": ""}] * 2 + [
         {"size": "1", "name": ""}
     ]

@@ -132,9 +132,16 @@ def test_control_needs_the_bearer_token(
 
 
 def test_the_token_never_reaches_the_log(control_server: Server, admin: httpx.Client) -> None:
-    admin.put("/models/mlp/2?min_worker=1&synchronous=true")
+    def workers() -> tuple[int, int]:
+        [body] = ok(admin.get("/models/mlp/2"))
+        return body["minWorkers"], body["maxWorkers"]
+
+    before = workers()
+    scale = f"/models/mlp/2?min_worker={before[0]}&max_worker={before[1]}&synchronous=true"
+    assert ok(admin.put(scale)) == {"status": f"Workers scaled to {before[0]} for model: mlp, version: 2"}
+    assert workers() == before  # scaled to what it was: nothing changed for the other tests
     with control_server.client(headers={"Authorization": "Bearer wrong-guess"}) as http:
-        http.put("/models/mlp/2?min_worker=1")
+        error(http.put(scale), 401, "InvalidKeyException")
     log = control_server.log.read_text()
     assert "t0k" not in log.replace("--admin-token", "")
     assert "wrong-guess" not in log
@@ -286,14 +293,17 @@ def test_scale_errors(admin: httpx.Client, path: str, status: int, kind: str) ->
 def test_set_default_governs_every_dialect(admin: httpx.Client) -> None:
     body = ok(admin.put("/models/multi/1/set-default"))
     assert body == {"status": 'Default version successfully updated for model "multi" to "1"'}
-    assert admin.post("/predictions/multi", json=[1, 1, 1, 1]).headers["x-model-version"] == "1"
+    torchserve = admin.post("/predictions/multi", json=[1, 1, 1, 1])
+    assert (ok(torchserve), torchserve.headers["x-model-version"]) == ([4.0, -4.0], "1")
     tfs = admin.post("/v1/models/multi:predict", json={"instances": [[1, 1, 1, 1]]})
-    assert tfs.headers["x-model-version"] == "1"
+    assert (ok(tfs), tfs.headers["x-model-version"]) == ({"predictions": [[4.0, -4.0]]}, "1")
     v2 = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 1, 1, 1]}]}
-    assert admin.post("/v2/models/multi/infer", json=v2).json()["model_version"] == "1"
+    answer = ok(admin.post("/v2/models/multi/infer", json=v2))
+    assert (answer["model_version"], answer["outputs"][0]["data"]) == ("1", [4.0, -4.0])
     assert [d["modelVersion"] for d in ok(admin.get("/models/multi"))] == ["1"]
     assert ok(admin.delete("/models/multi/1")) == {"status": 'Model "multi" unregistered'}
-    assert admin.post("/predictions/multi", json=[1, 1, 1, 1]).headers["x-model-version"] == "2"
+    torchserve = admin.post("/predictions/multi", json=[1, 1, 1, 1])
+    assert (ok(torchserve), torchserve.headers["x-model-version"]) == ([8.0, -8.0], "2")
 
 
 def test_set_default_errors(admin: httpx.Client) -> None:

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.settings import Settings
 from tests.api.models import echo
+from tests.service.conftest import onnx_slow_doubler
 
 
 @pytest.fixture
@@ -61,3 +62,29 @@ def test_a_request_that_cannot_be_fed_is_refused_before_queueing_and_its_neighbo
     queued = after["inference_stats"]["queue"]["count"] - before["inference_stats"]["queue"]["count"]
     assert queued == 7
     assert after["inference_stats"]["fail"]["count"] - before["inference_stats"]["fail"]["count"] == 1
+
+
+def test_a_full_queue_refuses_before_the_body_is_read(tmp_path: Path) -> None:
+    onnx_slow_doubler(tmp_path / "slow" / "1" / "model.onnx", work=1536)
+    config = {"max_batch_size": 1, "max_queue_size": 1, "max_concurrent_batches": 1}
+    (tmp_path / "slow" / "model.json").write_text(json.dumps(config))
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    with TestClient(create_app(Settings(models_dir=tmp_path, warmup=False))) as client:
+        start = threading.Barrier(8)
+
+        def send(_: int) -> tuple[int, str | None]:
+            start.wait(timeout=30)
+            response = client.post("/v2/models/slow/infer", json=body)
+            return response.status_code, response.headers.get("retry-after")
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(send, range(8)))
+        metrics = client.get("/metrics").text
+    codes = sorted(code for code, _ in answers)
+    assert set(codes) == {200, 503}, codes
+    assert all(retry is not None and int(retry) >= 1 for code, retry in answers if code == 503)
+    # Every refused request was answered without its body being read: only the served ones were measured.
+    read = next(
+        line for line in metrics.splitlines() if line.startswith('tandem_request_body_bytes_count{dialect="v2"}')
+    )
+    assert float(read.split()[-1]) == codes.count(200)

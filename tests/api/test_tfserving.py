@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import base64
 import gzip
-import re
 
 import httpx
 import pytest
 
-from tests.api.bodies import error_e1, ok
+from tests.api.bodies import error_e1, ok, sample
 
 
 def available(version: str) -> dict[str, object]:
@@ -292,16 +291,13 @@ def test_body_limits_and_encodings(client: httpx.Client) -> None:
 
 
 def test_predictions_are_counted_under_the_tfserving_dialect(client: httpx.Client) -> None:
-    client.post("/v1/models/mlp/versions/1:predict", json={"instances": [[1, 1, 1, 1]]})
-    client.post("/v1/models/mlp/versions/1:predict", json={"instances": [[1, 1, 1]]})
-    text = client.get("/metrics").text
-    ok_line = re.compile(
-        r'tandem_requests_total\{(?=[^}]*dialect="tfserving")(?=[^}]*model="mlp")'
-        r'(?=[^}]*version="1")(?=[^}]*code="200")(?=[^}]*outcome="ok")[^}]*\} [1-9]'
-    )
-    bad_line = re.compile(
-        r'tandem_requests_total\{(?=[^}]*dialect="tfserving")(?=[^}]*code="400")'
-        r'(?=[^}]*outcome="bad_request")[^}]*\} [1-9]'
-    )
-    assert ok_line.search(text)
-    assert bad_line.search(text)
+    labels = {"dialect": "tfserving", "model": "mlp", "version": "1"}
+    counted = {"200": {**labels, "code": "200", "outcome": "ok"}}
+    counted["400"] = {**labels, "code": "400", "outcome": "bad_request"}
+    before = {code: sample(client, "tandem_requests_total", **each) for code, each in counted.items()}
+    response = client.post("/v1/models/mlp/versions/1:predict", json={"instances": [[1, 1, 1, 1]]})
+    assert ok(response) == {"predictions": [[4.0, -4.0]]}
+    response = client.post("/v1/models/mlp/versions/1:predict", json={"instances": [[1, 1, 1]]})
+    assert "expects shape [-1, 4], got [1, 3]" in error_e1(response, 400)
+    after = {code: sample(client, "tandem_requests_total", **each) for code, each in counted.items()}
+    assert {code: after[code] - before[code] for code in counted} == {"200": 1, "400": 1}

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
-import re
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
-from tests.api.bodies import JSON, error, ok
-from tests.api.conftest import Server
+from service.app import create_app
+from service.settings import Settings
+from tests.api.bodies import JSON, error, ok, sample
+from tests.api.models import mlp
 
 
 def npy(array: np.ndarray) -> bytes:
@@ -25,8 +28,10 @@ def test_ping_is_unhealthy_while_a_model_is_not_ready(client: httpx.Client) -> N
     assert response.json() == {"status": "Unhealthy"}
 
 
-def test_ping_is_healthy_when_every_model_is_ready(control_server: Server) -> None:
-    with control_server.client() as http:
+def test_ping_is_healthy_when_every_model_is_ready(tmp_path: Path) -> None:
+    """In process, over a repository of its own whose one model loads."""
+    mlp(tmp_path / "mlp" / "1" / "model.onnx", 1)
+    with TestClient(create_app(Settings(models_dir=tmp_path, warmup=False))) as http:
         assert ok(http.get("/ping")) == {"status": "Healthy"}
 
 
@@ -221,12 +226,13 @@ def test_body_too_large_is_413(client: httpx.Client) -> None:
 
 
 def test_predictions_are_counted_under_the_torchserve_dialect(client: httpx.Client) -> None:
-    client.post("/predictions/mlp/1", json=[1, 1, 1, 1])
-    text = client.get("/metrics").text
-    line = re.compile(
-        r'tandem_requests_total\{(?=[^}]*dialect="torchserve")(?=[^}]*model="mlp")(?=[^}]*version="1")'
-        r'(?=[^}]*code="200")(?=[^}]*outcome="ok")[^}]*\} [1-9]'
-    )
-    assert line.search(text)
-    unknown = re.compile(r'tandem_requests_total\{(?=[^}]*dialect="torchserve")(?=[^}]*model="")(?=[^}]*code="404")')
-    assert unknown.search(text)
+    counted = {
+        "200": {"dialect": "torchserve", "model": "mlp", "version": "1", "code": "200", "outcome": "ok"},
+        "404": {"dialect": "torchserve", "model": "", "version": "", "code": "404", "outcome": "not_found"},
+    }
+    before = {code: sample(client, "tandem_requests_total", **each) for code, each in counted.items()}
+    assert ok(client.post("/predictions/mlp/1", json=[1, 1, 1, 1])) == [4.0, -4.0]
+    response = client.post("/predictions/nope", json=[1, 1, 1, 1])
+    assert error(response, 404, "ModelNotFoundException") == "Model not found: nope"
+    after = {code: sample(client, "tandem_requests_total", **each) for code, each in counted.items()}
+    assert {code: after[code] - before[code] for code in counted} == {"200": 1, "404": 1}

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.service.conftest import FakeLoader, write_fake_model
+from tests.fakes import JsonArtifactLoader, write_json_model
 
 MAX_BODY = 16 * 1024
 JSON = "application/json"
@@ -25,9 +25,9 @@ JSON = "application/json"
 
 @contextlib.contextmanager
 def serving(repo: Path, **settings: Any) -> Iterator[TestClient]:
-    """The app over `repo` with the fake runtime, lifespan running for the duration."""
+    """The app over `repo` with JsonArtifactRuntime models, lifespan running for the duration."""
     options: dict[str, Any] = {"models_dir": repo, "max_body_bytes": MAX_BODY, "warmup": False, **settings}
-    app = create_app(Settings(**options), loader=FakeLoader())
+    app = create_app(Settings(**options), loader=JsonArtifactLoader())
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 
@@ -37,11 +37,11 @@ def repo(tmp_path: Path) -> Path:
     """m: versions 1 and 2 (all served); slow: 0.4 s per call, no batching, a queue of one; buggy: fails on 13;
     queued: 0.4 s per call, no batching, a 50 ms queue timeout."""
     for version in (1, 2):
-        write_fake_model(tmp_path, "m", version, config={"version_policy": "all", "max_batch_size": 8})
-    write_fake_model(tmp_path, "slow", 1, delay_s=0.4, config={"max_batch_size": 0, "max_queue_size": 1})
-    write_fake_model(tmp_path, "buggy", 1, fail_value=13)
+        write_json_model(tmp_path, "m", version, config={"version_policy": "all", "max_batch_size": 8})
+    write_json_model(tmp_path, "slow", 1, delay_s=0.4, config={"max_batch_size": 0, "max_queue_size": 1})
+    write_json_model(tmp_path, "buggy", 1, fail_value=13)
     queued = {"max_batch_size": 0, "queue_timeout_ms": 50}
-    write_fake_model(tmp_path, "queued", 1, delay_s=0.4, config=queued)
+    write_json_model(tmp_path, "queued", 1, delay_s=0.4, config=queued)
     return tmp_path
 
 
@@ -74,7 +74,7 @@ def assert_e1(response: Any, status: int, *fragments: str) -> str:
 
 
 def test_live_and_ready_answer_json(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "m", 1)
+    write_json_model(tmp_path, "m", 1)
     with serving(tmp_path) as client:
         live = client.get("/v2/health/live")
         assert live.status_code == 200
@@ -84,8 +84,8 @@ def test_live_and_ready_answer_json(tmp_path: Path) -> None:
 
 
 def test_a_failed_model_makes_the_server_not_ready_but_still_live(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "m", 1)
-    write_fake_model(tmp_path, "bad", 1, load_error="not a valid ONNX model")
+    write_json_model(tmp_path, "m", 1)
+    write_json_model(tmp_path, "bad", 1, load_error="not a valid ONNX model")
     with serving(tmp_path) as client:
         assert client.get("/v2/health/live").status_code == 200
         assert_e1(client.get("/v2/health/ready"), 503, "not ready")
@@ -175,7 +175,9 @@ def test_json_infer_answers_the_latest_version_and_echoes_the_id(client: TestCli
             {"name": "version", "datatype": "INT64", "shape": [2], "data": [2, 2]},
         ],
     }
-    assert "id" not in client.post("/v2/models/m/infer", json=infer_body()).json()
+    response = client.post("/v2/models/m/infer", json=infer_body())
+    assert response.status_code == 200, response.text
+    assert "id" not in response.json()
 
 
 def test_a_version_in_the_path_is_served(client: TestClient) -> None:
@@ -230,6 +232,7 @@ def test_binary_inputs_and_outputs(client: TestClient) -> None:
 
 def test_binary_data_output_sends_every_output_binary(client: TestClient) -> None:
     response = client.post("/v2/models/m/infer", json=infer_body(parameters={"binary_data_output": True}))
+    assert response.status_code == 200, response.text
     length = int(response.headers["inference-header-content-length"])
     sizes = [o["parameters"]["binary_data_size"] for o in orjson.loads(response.content[:length])["outputs"]]
     assert sizes == [16, 8]
@@ -391,17 +394,21 @@ def test_a_model_bug_is_a_generic_500_quoting_the_request_id(client: TestClient)
 
 
 def test_the_request_id_is_echoed_or_generated(client: TestClient) -> None:
-    assert client.get("/v2/health/live", headers={"x-request-id": "abc-123"}).headers["x-request-id"] == "abc-123"
+    def request_id(response: Any, status: int = 200) -> str:
+        assert response.status_code == status, response.text
+        return str(response.headers["x-request-id"])
+
+    assert request_id(client.get("/v2/health/live", headers={"x-request-id": "abc-123"})) == "abc-123"
     echoed = client.post("/v2/models/m/infer", json=infer_body(), headers={"x-request-id": "r.1:2"})
-    assert echoed.headers["x-request-id"] == "r.1:2"
-    generated = {client.get("/v2/health/live").headers["x-request-id"] for _ in range(3)}
+    assert request_id(echoed) == "r.1:2"
+    generated = {request_id(client.get("/v2/health/live")) for _ in range(3)}
     assert len(generated) == 3
     for insane in ("has space", "x" * 200, "semi;colon"):
-        got = client.get("/v2/health/live", headers={"x-request-id": insane}).headers["x-request-id"]
+        got = request_id(client.get("/v2/health/live", headers={"x-request-id": insane}))
         assert got
         assert got != insane
-    assert client.get("/nope").headers["x-request-id"]
-    assert client.post("/v2/models/nope/infer", json=infer_body()).headers["x-request-id"]
+    assert request_id(client.get("/nope"), 404)
+    assert request_id(client.post("/v2/models/nope/infer", json=infer_body()), 404)
 
 
 # ----- deadlines and the queue ------------------------------------------------------------------

@@ -25,6 +25,11 @@ PROTOCOL_METRICS: dict[str, str] = {
     "tandem_build_info": "gauge",
 }
 
+# Metrics the project exports beyond PROTOCOLS.md 5.2; docs/metrics.md lists them with the rest.
+ADDED_METRICS: dict[str, str] = {
+    "tandem_gpu_memory_budget_bytes": "gauge",  # model.json gpu_memory_mb budgets held per GPU
+}
+
 # PROTOCOLS.md 5.2's PromQL equivalents over a 30 s window; docs/deployment.md quotes them with [5m].
 DOC_QUERIES: dict[str, str] = {
     "mean batch size": "rate(tandem_inference_rows_total[30s]) / rate(tandem_batches_total[30s])",

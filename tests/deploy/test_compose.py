@@ -158,17 +158,85 @@ def test_cpu_variant_drops_the_gpu_and_pins_cpu(cpu: dict[str, Any]) -> None:
     assert tandem["environment"]["TANDEM_DEVICE"] == "cpu"
 
 
-def test_models_volume_is_read_only(base: dict[str, Any]) -> None:
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}`, `${VAR-default}` and `${VAR:?message}` substitution."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, operator, word = match.group(1), match.group(2), match.group(3) or ""
+        value = env.get(name)
+        unset = value is None or (value == "" and operator in (":-", ":?"))
+        if operator in ("-", ":-") and unset:
+            return word
+        if operator in ("?", ":?") and unset:
+            raise ValueError(f"{name}: {word}")
+        return value or ""
+
+    return VARIABLE.sub(substitute, text)
+
+
+def short_volume(entry: str, env: dict[str, str]) -> tuple[str, str, str]:
+    """A short-syntax volume (`SOURCE:TARGET[:MODE]`) after interpolation, as (source, target, mode)."""
+    parts = interpolate(entry, env).split(":")
+    assert len(parts) in (2, 3), f"not SOURCE:TARGET[:MODE]: {entry!r}"
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else "rw"
+
+
+def models_mount(base: dict[str, Any], env: dict[str, str]) -> tuple[str, str, bool]:
+    """What is mounted at the server's model repository: (type, source, read_only), for this environment."""
     tandem = base["services"]["tandem"]
-    env = tandem["environment"]
-    target = env.get("TANDEM_MODELS_DIR", "/models")
-    mounts = [v for v in tandem["volumes"] if isinstance(v, dict) and v.get("target") == target]
-    short = [v for v in tandem["volumes"] if isinstance(v, str) and v.split(":")[1:2] == [target]]
-    assert mounts or short, f"no volume mounted at {target}"
-    for mount in mounts:
-        assert mount.get("read_only") is True
-    for entry in short:
-        assert entry.split(":")[2:3] == ["ro"]
+    target = tandem["environment"].get("TANDEM_MODELS_DIR", "/models")
+    found = []
+    for volume in tandem["volumes"]:
+        if isinstance(volume, dict) and volume.get("target") == target:
+            source = interpolate(str(volume.get("source", "")), env)
+            found.append((volume["type"], source, volume.get("read_only") is True))
+        elif isinstance(volume, str):
+            source, mounted_at, mode = short_volume(volume, env)
+            if mounted_at == target:
+                kind = "bind" if source.startswith(("/", ".", "~")) else "volume"
+                found.append((kind, source, "ro" in mode.split(",")))
+    assert len(found) == 1, f"expected one mount at {target}, found {found}"
+    return found[0]
+
+
+def test_interpolate_follows_compose() -> None:
+    assert interpolate("${A:-x}", {}) == "x"
+    assert interpolate("${A:-x}", {"A": ""}) == "x"
+    assert interpolate("${A-x}", {"A": ""}) == ""
+    assert interpolate("${A:-x}/m", {"A": "/srv"}) == "/srv/m"
+    with pytest.raises(ValueError, match="set it"):
+        interpolate("${A:?set it}", {})
+
+
+@pytest.mark.parametrize("env", [{}, {"MODELS_DIR": "/srv/models"}, {"MODELS_DIR": "./models"}], ids=str)
+def test_models_volume_is_read_only(base: dict[str, Any], env: dict[str, str]) -> None:
+    _, _, read_only = models_mount(base, env)
+    assert read_only, "the server must not be able to write its model repository"
+
+
+def test_default_models_mount_cannot_hide_the_examples(base: dict[str, Any]) -> None:
+    """Unset MODELS_DIR: a named volume Docker seeds from the image's /models, never an (empty) bind mount."""
+    kind, source, _ = models_mount(base, {})
+    assert kind == "volume", f"by default /models is a bind mount of {source!r}, which hides the image's examples"
+    assert source in (base.get("volumes") or {}), f"named volume {source!r} is not declared"
+    tandem = base["services"]["tandem"]
+    for volume in tandem["volumes"]:
+        assert not (isinstance(volume, dict) and volume.get("volume", {}).get("nocopy")), "nocopy leaves it empty"
+        assert not (isinstance(volume, str) and "nocopy" in volume), "nocopy leaves the volume empty"
+    # Docker copies what the image holds at the mount point; the image must hold the examples there.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    final_stage = dockerfile[dockerfile.rindex("\nFROM ") :]
+    assert "COPY --from=build /models /models" in final_stage, "the image no longer bakes the examples into /models"
+    assert "TANDEM_MODELS_DIR=/models" in final_stage
+
+
+@pytest.mark.parametrize("path", ["/srv/models", "./models", "../repo"])
+def test_models_dir_path_serves_your_own_repository(base: dict[str, Any], path: str) -> None:
+    kind, source, _ = models_mount(base, {"MODELS_DIR": path})
+    assert (kind, source) == ("bind", path)
 
 
 def test_root_filesystem_is_read_only_with_tmpfs(base: dict[str, Any]) -> None:

@@ -124,7 +124,10 @@ def test_multi_stage_build_exports_the_examples(stages: list[Stage]) -> None:
     build_runs = " ".join(run for stage in stages[:-1] for run in stage.args("RUN"))
     assert "python -m exporters.examples --models /models" in build_runs
     assert re.search(r'torch==2\.13\.0"?', build_runs), "the build stage pins torch==2.13.0"
-    assert "download.pytorch.org/whl/cpu" in build_runs, "the build stage takes torch from the CPU wheel index"
+    assert '--index-url "${TORCH_INDEX_URL}" "torch==2.13.0"' in build_runs, "torch comes from TORCH_INDEX_URL"
+    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in stages[0].args("ARG"), (
+        "by default the build stage takes torch from PyTorch's CPU wheel index"
+    )
     final_copies = stages[-1].args("COPY")
     assert any(c.startswith("--from=") and c.split()[-1] == "/models" for c in final_copies)
 

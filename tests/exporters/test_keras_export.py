@@ -88,7 +88,7 @@ def test_the_savedmodel_serves_and_matches_keras(
 
 def test_onnx_export_takes_the_output_names_given(onnx: Run, repository: Path, source_model: Any) -> None:
     assert onnx.code == 0, onnx.err
-    assert "exporting with tf2onnx..." in onnx.err
+    assert "converting with tf2onnx..." in onnx.err
     config = read_config(repository / "as_onnx")
     assert config.format == "onnx"
     assert config.signature_name is None

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 TINY_CONSTANT = 3  # not a factory
+
+
+class Scored(NamedTuple):
+    """A named-tuple result: its fields name the outputs."""
+
+    scores: torch.Tensor
+    mask_count: torch.Tensor
 
 
 class TwoInOut(nn.Module):
@@ -122,3 +129,96 @@ def make_keras_two_inputs() -> Any:
     scores = keras.layers.Dense(2, activation="softmax", name="scores")(hidden)
     value = keras.layers.Dense(1, name="value")(hidden)
     return keras.Model([features, sequence], [scores, value])
+
+
+class DictScores(nn.Module):
+    """Takes one dict of inputs (features and a boolean mask), returns a named tuple of two outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Scored:
+        scores = self.linear(batch["features"]).masked_fill(~batch["mask"][:, :3], 0.0)
+        return Scored(scores, batch["mask"].float().sum(1, keepdim=True))
+
+
+class KeywordScores(nn.Module):
+    """forward(**inputs): keyword-only inputs, a dict of outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.linear(inputs["features"]) * inputs["scale"]}
+
+
+class MaskedMean(nn.Module):
+    """One dict input (values and a boolean mask sharing a length), a dict of outputs: for a .pt2 program."""
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        kept = batch["values"] * batch["mask"]
+        count = batch["mask"].sum(1, keepdim=True).clamp(min=1)
+        return {"mean": kept.sum(1, keepdim=True) / count, "count": count.float()}
+
+
+class Encoder(nn.Module):
+    """encoder.layers.0.attn uses an op the ONNX exporter cannot translate: the failure names that module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.ModuleDict({"attn": Eigen(), "norm": nn.LayerNorm(2)})])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layers[0]
+        out: torch.Tensor = layer["norm"](layer["attn"](x))
+        return out
+
+
+class Nested(nn.Module):
+    """A model whose untranslatable op sits deep inside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = Encoder()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.encoder(x)
+        return out
+
+
+class SmallCNN(nn.Module):
+    """Conv, batch norm, pooling and a softmax head on 8x8 images: the fp16 export test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        probabilities: torch.Tensor = self.head(self.features(image).flatten(1)).softmax(-1)
+        return probabilities
+
+
+def make_nested_eigen() -> nn.Module:
+    """Untranslatable op at encoder.layers.0.attn."""
+    return Nested()
+
+
+def make_small_cnn() -> nn.Module:
+    """A small CNN for reduced-precision export."""
+    torch.manual_seed(0)
+    return SmallCNN()
+
+
+def make_dict_scores() -> nn.Module:
+    """Dict input with a boolean mask, named-tuple output."""
+    torch.manual_seed(0)
+    return DictScores()
+
+
+def make_keyword_scores() -> nn.Module:
+    """forward(**inputs)."""
+    torch.manual_seed(0)
+    return KeywordScores()

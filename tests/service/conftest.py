@@ -1,21 +1,12 @@
-"""Shared test doubles: tiny ONNX models built on the fly, and a fake runtime standing in for a model."""
+"""Tiny real ONNX models built on the fly for the service tests (the fakes live in tests/fakes.py)."""
 
 from __future__ import annotations
 
-import json
-import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import pytest
-
-from service.runtimes import RuntimeOptions, TensorSpec
-
-Arrays = dict[str, npt.NDArray[Any]]
 
 
 @pytest.fixture
@@ -93,106 +84,3 @@ def save_onnx(graph: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
-
-
-# ----- the fake runtime -----------------------------------------------------------------------------
-
-
-def write_fake_model(
-    repo: Path, name: str, version: int, config: dict[str, Any] | None = None, **behaviour: Any
-) -> Path:
-    """A model directory whose model.onnx holds the fake runtime's behaviour as JSON (not a real ONNX file)."""
-    model_dir = repo / name
-    version_dir = model_dir / str(version)
-    version_dir.mkdir(parents=True, exist_ok=True)
-    (version_dir / "model.onnx").write_text(json.dumps(behaviour))
-    if config is not None:
-        (model_dir / "model.json").write_text(json.dumps(config))
-    return version_dir
-
-
-class FakeRuntime:
-    """Stands in for a model: y = 2 * x (FP32 [-1, 4]) and `version` (INT64 [-1]) naming the version that ran.
-
-    Behaviour comes from the artifact's JSON: `delay_s` per call, `fail_predict` (every call raises, so warm-up
-    fails), `fail_value` (a call whose x holds that value raises, like a model bug), `load_error` (the loader
-    raises).
-    """
-
-    format = "onnx"
-    device = "cpu"
-    degraded = False
-    signature_name = "serving_default"
-
-    def __init__(
-        self,
-        name: str,
-        version: int,
-        delay_s: float = 0.0,
-        fail_predict: bool = False,
-        fail_value: float | None = None,
-    ) -> None:
-        self.name = name
-        self.version = version
-        self.delay_s = delay_s
-        self.fail_predict = fail_predict
-        self.fail_value = fail_value
-        self.inputs = [TensorSpec("x", "FP32", (-1, 4))]
-        self.outputs = [TensorSpec("y", "FP32", (-1, 4)), TensorSpec("version", "INT64", (-1,))]
-        self.batch_rows: list[int] = []
-        self.running = 0
-        self.closed = False
-        self.closed_while_running = False
-        self._lock = threading.Lock()
-
-    def predict(self, inputs: Arrays) -> Arrays:
-        if self.closed:
-            raise RuntimeError("predict after close")
-        if self.fail_predict:
-            raise RuntimeError("model is broken")
-        with self._lock:
-            self.running += 1
-        try:
-            if self.delay_s:
-                time.sleep(self.delay_s)
-            x = inputs["x"]
-            self.batch_rows.append(int(x.shape[0]))
-            if self.fail_value is not None and (x == self.fail_value).any():
-                raise ValueError(f"/secret/path/model.py: cannot handle {self.fail_value}")
-            return {"y": x * 2, "version": np.full(x.shape[0], self.version, dtype=np.int64)}
-        finally:
-            with self._lock:
-                self.running -= 1
-
-    def close(self) -> None:
-        self.closed_while_running = self.running > 0
-        self.closed = True
-
-
-class FakeLoader:
-    """A RuntimeLoader that builds FakeRuntimes from the artifact's JSON and remembers each one."""
-
-    def __init__(self) -> None:
-        self.runtimes: list[FakeRuntime] = []
-        self.options: list[RuntimeOptions] = []
-
-    def __call__(self, fmt: str, artifact: Path, options: RuntimeOptions) -> FakeRuntime:
-        behaviour = json.loads(artifact.read_text() or "{}")
-        self.options.append(options)
-        if behaviour.get("load_error"):
-            from service.errors import ModelLoadError
-
-            raise ModelLoadError(behaviour["load_error"])
-        runtime = FakeRuntime(
-            artifact.parent.parent.name,
-            int(artifact.parent.name),
-            delay_s=float(behaviour.get("delay_s", 0.0)),
-            fail_predict=bool(behaviour.get("fail_predict", False)),
-            fail_value=behaviour.get("fail_value"),
-        )
-        self.runtimes.append(runtime)
-        return runtime
-
-    def of(self, name: str, version: int) -> FakeRuntime:
-        """The most recent runtime loaded for that model version."""
-        return [r for r in self.runtimes if (r.name, r.version) == (name, version)][-1]

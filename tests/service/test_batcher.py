@@ -1,4 +1,4 @@
-"""DynamicBatcher through its public API, with a fake runtime that records batches and can hold one running."""
+"""DynamicBatcher through its public API, with a scripted runtime that records batches and can hold one running."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from service.errors import (
     QueueTimeoutError,
     ShuttingDownError,
 )
+from tests.fakes import ScriptedRuntime, double
 
 Arrays = dict[str, npt.NDArray[Any]]
 pytestmark = pytest.mark.anyio
@@ -34,50 +35,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def double(inputs: Arrays) -> Arrays:
-    return {"y": inputs["x"] * 2}
-
-
-class FakeRuntime:
-    """Records every batch it runs; hold() keeps calls running until release(), like a slow model."""
-
-    def __init__(self, fn: Callable[[Arrays], Arrays] = double) -> None:
-        self.fn = fn
-        self.calls: list[Arrays] = []
-        self._released = threading.Event()
-        self._released.set()
-        self._loop = asyncio.get_running_loop()
-        self._called = asyncio.Event()
-
-    def hold(self) -> None:
-        self._released.clear()
-
-    def release(self) -> None:
-        self._released.set()
-
-    def __call__(self, inputs: Arrays) -> Arrays:
-        self.calls.append(inputs)
-        self._loop.call_soon_threadsafe(self._called.set)
-        if not self._released.wait(timeout=5):
-            raise TimeoutError("test never released the runtime")
-        return self.fn(inputs)
-
-    async def wait_calls(self, n: int) -> None:
-        """Wait until n runtime calls have started."""
-        with anyio.fail_after(2):
-            while len(self.calls) < n:
-                self._called.clear()
-                if len(self.calls) < n:
-                    await self._called.wait()
-
-    @property
-    def rows(self) -> list[int]:
-        return [len(call["x"]) for call in self.calls]
-
-    def values(self) -> list[list[float]]:
-        return [call["x"][:, 0].tolist() for call in self.calls]
 
 
 class Recorder:
@@ -113,7 +70,7 @@ async def settle() -> None:
 
 
 @contextlib.asynccontextmanager
-async def serving(rt: FakeRuntime, **options: Any) -> AsyncIterator[DynamicBatcher]:
+async def serving(rt: ScriptedRuntime, **options: Any) -> AsyncIterator[DynamicBatcher]:
     """A started batcher on its own executor; afterwards, asserts the loop reported no leaked future or task."""
     settings: dict[str, Any] = {"max_batch_size": 8, "max_batch_delay_ms": 0.0, "max_queue_size": 16, **options}
     loop = asyncio.get_running_loop()
@@ -146,7 +103,7 @@ def submit(batcher: DynamicBatcher, inputs: Arrays, **deadlines: float) -> async
     return asyncio.create_task(submitted(batcher, inputs, **deadlines))
 
 
-async def occupy(batcher: DynamicBatcher, rt: FakeRuntime) -> asyncio.Task[Arrays]:
+async def occupy(batcher: DynamicBatcher, rt: ScriptedRuntime) -> asyncio.Task[Arrays]:
     """Hold one request running, so later arrivals find the batcher busy."""
     rt.hold()
     blocker = submit(batcher, req(-1))
@@ -160,7 +117,7 @@ async def results(*tasks: asyncio.Task[Arrays]) -> list[Arrays | BaseException]:
 
 
 async def test_concurrent_submits_form_one_batch_and_are_observed() -> None:
-    rt, seen = FakeRuntime(), Recorder()
+    rt, seen = ScriptedRuntime(), Recorder()
     async with serving(rt, max_batch_size=32, observer=seen) as batcher:
         outs = await results(*(submit(batcher, req(i)) for i in range(10)))
     assert rt.values() == [[float(i) for i in range(10)]]
@@ -175,7 +132,7 @@ async def test_concurrent_submits_form_one_batch_and_are_observed() -> None:
 
 
 async def test_full_batch_runs_without_waiting_for_the_delay() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt, max_batch_size=4, max_batch_delay_ms=5000, max_concurrent_batches=2) as batcher:
         blocker = await occupy(batcher, rt)
         tasks = [submit(batcher, req(i)) for i in range(4)]
@@ -186,7 +143,7 @@ async def test_full_batch_runs_without_waiting_for_the_delay() -> None:
 
 
 async def test_batches_count_rows_not_requests() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt, max_batch_size=4) as batcher:
         blocker = await occupy(batcher, rt)
         tasks = [submit(batcher, req(i, rows=n)) for i, n in enumerate([2, 1, 2, 1, 3, 4])]
@@ -198,7 +155,7 @@ async def test_batches_count_rows_not_requests() -> None:
 
 
 async def test_under_load_the_delay_gathers_late_arrivals() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt, max_batch_delay_ms=300, max_concurrent_batches=2) as batcher:
         blocker = await occupy(batcher, rt)
         begun = time.monotonic()
@@ -215,7 +172,7 @@ async def test_under_load_the_delay_gathers_late_arrivals() -> None:
 
 
 async def test_zero_delay_takes_only_what_is_queued() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt, max_concurrent_batches=2) as batcher:
         blocker = await occupy(batcher, rt)
         task = submit(batcher, req(1))
@@ -226,7 +183,7 @@ async def test_zero_delay_takes_only_what_is_queued() -> None:
 
 
 async def test_preferred_batch_size_runs_at_once() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     options = {"max_batch_delay_ms": 5000, "max_concurrent_batches": 3, "preferred_batch_sizes": (2,)}
     async with serving(rt, **options) as batcher:
         blocker = await occupy(batcher, rt)
@@ -243,7 +200,7 @@ async def test_preferred_batch_size_runs_at_once() -> None:
 
 
 async def test_lone_request_is_not_delayed() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt, max_batch_delay_ms=500) as batcher:
         for i in range(5):
             begun = time.monotonic()
@@ -254,7 +211,7 @@ async def test_lone_request_is_not_delayed() -> None:
 
 
 async def test_batching_off_runs_each_request_alone_with_any_rows() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt, max_batch_size=1) as batcher:
         outs = await results(*(submit(batcher, req(i, rows=5)) for i in range(3)))
     assert rt.rows == [5, 5, 5]
@@ -262,7 +219,7 @@ async def test_batching_off_runs_each_request_alone_with_any_rows() -> None:
 
 
 async def test_full_queue_refuses_at_once_with_retry_after() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt, max_queue_size=2) as batcher:
         blocker = await occupy(batcher, rt)
         queued = [submit(batcher, req(i)) for i in range(2)]
@@ -278,7 +235,7 @@ async def test_full_queue_refuses_at_once_with_retry_after() -> None:
 
 
 async def test_retry_after_grows_with_queue_and_batch_time() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt, max_batch_size=1, max_queue_size=32) as batcher:
         assert batcher.retry_after_s() == 1
         blocker = await occupy(batcher, rt)
@@ -294,7 +251,7 @@ async def test_retry_after_grows_with_queue_and_batch_time() -> None:
 
 
 async def test_deadline_passed_in_queue_is_never_executed() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt) as batcher:
         blocker = await occupy(batcher, rt)
         late = submit(batcher, req(7), deadline=time.monotonic() + 0.05)
@@ -311,7 +268,7 @@ async def test_deadline_passed_in_queue_is_never_executed() -> None:
 
 
 async def test_deadline_during_a_running_batch_discards_its_result() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt) as batcher:
         rt.hold()
         with pytest.raises(DeadlineExceededError):
@@ -323,7 +280,7 @@ async def test_deadline_during_a_running_batch_discards_its_result() -> None:
 
 
 async def test_queue_timeout_refuses_a_request_still_waiting() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt) as batcher:
         blocker = await occupy(batcher, rt)
         late = submit(batcher, req(7), queue_deadline=time.monotonic() + 0.05)
@@ -337,7 +294,7 @@ async def test_queue_timeout_refuses_a_request_still_waiting() -> None:
 
 
 async def test_queue_timeout_does_not_cut_a_batch_that_started() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt) as batcher:
         rt.hold()
         task = submit(batcher, req(3), queue_deadline=time.monotonic() + 0.05)
@@ -350,7 +307,7 @@ async def test_queue_timeout_does_not_cut_a_batch_that_started() -> None:
 
 
 async def test_cancelled_submit_is_dropped_before_it_runs() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt) as batcher:
         blocker = await occupy(batcher, rt)
         gone = submit(batcher, req(7))
@@ -367,7 +324,7 @@ async def test_cancelled_submit_is_dropped_before_it_runs() -> None:
 
 
 async def test_cancelled_submit_inside_a_running_batch_is_discarded() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt) as batcher:
         gone = await occupy(batcher, rt)
         gone.cancel()
@@ -385,7 +342,7 @@ def fail_on_13(inputs: Arrays) -> Arrays:
 
 
 async def test_runtime_error_reaches_every_request_and_the_worker_survives() -> None:
-    rt, seen = FakeRuntime(fail_on_13), Recorder()
+    rt, seen = ScriptedRuntime(fail_on_13), Recorder()
     async with serving(rt, observer=seen) as batcher:
         errors = await results(*(submit(batcher, req(v)) for v in (1, 13, 2)))
         assert rt.values() == [[1.0, 13.0, 2.0]]
@@ -400,14 +357,14 @@ def out_of_memory(inputs: Arrays) -> Arrays:
 
 
 async def test_service_error_from_the_runtime_passes_as_is() -> None:
-    rt = FakeRuntime(out_of_memory)
+    rt = ScriptedRuntime(out_of_memory)
     async with serving(rt) as batcher:
         errors = await results(*(submit(batcher, req(v)) for v in (1, 2)))
     assert all(isinstance(error, OutOfMemoryError) and error.headers["Retry-After"] == "2" for error in errors)
 
 
 async def test_output_rows_differing_from_the_batch_is_an_internal_error() -> None:
-    rt = FakeRuntime(lambda inputs: {"y": np.zeros((1, 1))})
+    rt = ScriptedRuntime(lambda inputs: {"y": np.zeros((1, 1))})
     async with serving(rt) as batcher:
         errors = await results(*(submit(batcher, req(v)) for v in (1, 2)))
     assert rt.rows == [2]
@@ -415,7 +372,7 @@ async def test_output_rows_differing_from_the_batch_is_an_internal_error() -> No
 
 
 async def test_different_shapes_and_dtypes_never_share_a_batch() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt) as batcher:
         blocker = await occupy(batcher, rt)
         requests = [req(1, width=3), req(2, width=4), req(3, width=3), req(4, width=3, dtype="float32")]
@@ -433,7 +390,7 @@ async def test_different_shapes_and_dtypes_never_share_a_batch() -> None:
 async def test_batched_outputs_equal_unbatched_and_are_views() -> None:
     rng = np.random.default_rng(7)
     weights, bias = rng.normal(size=(3, 2)), rng.normal(size=2)
-    rt = FakeRuntime(lambda inputs: {"y": inputs["x"] @ weights + bias})
+    rt = ScriptedRuntime(lambda inputs: {"y": inputs["x"] @ weights + bias})
     requests = [{"x": rng.normal(size=(n, 3))} for n in (1, 3, 2, 1, 4)]
     async with serving(rt, max_batch_size=16) as batcher:
         outs = await results(*(submit(batcher, inputs) for inputs in requests))
@@ -449,7 +406,7 @@ async def test_batched_outputs_equal_unbatched_and_are_views() -> None:
 
 
 async def test_a_lone_request_passes_its_arrays_through() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     inputs = req(1)
     async with serving(rt) as batcher:
         await submitted(batcher, inputs)
@@ -457,7 +414,7 @@ async def test_a_lone_request_passes_its_arrays_through() -> None:
 
 
 async def test_stop_drains_the_queue_and_refuses_new_work() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt) as batcher:
         blocker = await occupy(batcher, rt)
         queued = [submit(batcher, req(i)) for i in range(3)]
@@ -475,7 +432,7 @@ async def test_stop_drains_the_queue_and_refuses_new_work() -> None:
 
 
 async def test_stop_without_drain_fails_the_queue() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt) as batcher:
         blocker = await occupy(batcher, rt)
         queued = [submit(batcher, req(i)) for i in range(2)]
@@ -492,7 +449,7 @@ async def test_stop_without_drain_fails_the_queue() -> None:
 
 
 async def test_stop_timeout_fails_a_batch_still_running() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt) as batcher:
         blocker = await occupy(batcher, rt)
         await batcher.stop(timeout_s=0.05)
@@ -501,7 +458,7 @@ async def test_stop_timeout_fails_a_batch_still_running() -> None:
 
 
 async def test_concurrency_limit_is_respected_and_can_be_raised() -> None:
-    rt, seen = FakeRuntime(), Recorder()
+    rt, seen = ScriptedRuntime(), Recorder()
     async with serving(rt, max_batch_size=1, max_concurrent_batches=2, observer=seen) as batcher:
         rt.hold()
         tasks = [submit(batcher, req(i)) for i in range(5)]
@@ -521,7 +478,7 @@ async def test_concurrency_limit_is_respected_and_can_be_raised() -> None:
 
 
 async def test_pause_refuses_and_fails_queued_until_resumed() -> None:
-    rt = FakeRuntime()
+    rt = ScriptedRuntime()
     async with serving(rt) as batcher:
         blocker = await occupy(batcher, rt)
         queued = submit(batcher, req(1))
@@ -574,7 +531,7 @@ def thread_recording(delays_s: Sequence[float]) -> tuple[list[int], Callable[[Ar
 @pytest.mark.anyio
 async def test_fast_batches_run_on_the_event_loop_after_the_first() -> None:
     threads, run = thread_recording([0.0] * 4)
-    async with serving(FakeRuntime(run), inline_below_s=0.05) as batcher:
+    async with serving(ScriptedRuntime(run), inline_below_s=0.05) as batcher:
         for value in range(4):
             assert (await submitted(batcher, req(value)))["y"][0, 0] == 2 * value
     loop_thread = threading.get_ident()
@@ -585,7 +542,7 @@ async def test_fast_batches_run_on_the_event_loop_after_the_first() -> None:
 @pytest.mark.anyio
 async def test_slow_batches_always_run_in_the_executor() -> None:
     threads, run = thread_recording([0.02] * 4)
-    async with serving(FakeRuntime(run), inline_below_s=0.005) as batcher:
+    async with serving(ScriptedRuntime(run), inline_below_s=0.005) as batcher:
         for value in range(4):
             await submitted(batcher, req(value))
     assert threading.get_ident() not in threads
@@ -594,7 +551,7 @@ async def test_slow_batches_always_run_in_the_executor() -> None:
 @pytest.mark.anyio
 async def test_a_model_that_slows_down_moves_back_to_the_executor() -> None:
     threads, run = thread_recording([0.0, 0.0, 0.5, 0.0, 0.0])
-    async with serving(FakeRuntime(run), inline_below_s=0.05) as batcher:
+    async with serving(ScriptedRuntime(run), inline_below_s=0.05) as batcher:
         for value in range(5):
             await submitted(batcher, req(value))
     loop_thread = threading.get_ident()

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service import repository
+from service.control import LocalEngine as Registry
 from service.errors import (
     BadRequestError,
     ModelNotFoundError,
@@ -25,17 +26,18 @@ from service.errors import (
 from service.inference import InferRequest, validate
 from service.metrics import Metrics
 from service.model import LoadedModel, ModelState
-from service.registry import Registry
 from service.settings import Settings
-from tests.service.conftest import FakeLoader, write_fake_model
+from tests.fakes import JsonArtifactLoader, write_json_model
 
 pytestmark = pytest.mark.anyio
 
 
 @contextlib.asynccontextmanager
-async def loaded(repo: Path, loader: FakeLoader | None = None, **settings: Any) -> AsyncIterator[Registry]:
+async def loaded(repo: Path, loader: JsonArtifactLoader | None = None, **settings: Any) -> AsyncIterator[Registry]:
     """A registry over `repo` with every model loaded; closed (drained) afterwards."""
-    registry = Registry(Settings(models_dir=repo, **settings), Metrics(CollectorRegistry()), loader or FakeLoader())
+    registry = Registry(
+        Settings(models_dir=repo, **settings), Metrics(CollectorRegistry()), loader or JsonArtifactLoader()
+    )
     await registry.load_all()
     try:
         yield registry
@@ -66,8 +68,8 @@ def sample(registry: Registry, name: str, **labels: str) -> float | None:
 
 
 async def test_load_all_serves_every_model_in_the_repository(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "a", 1)
-    write_fake_model(tmp_path, "b", 3)
+    write_json_model(tmp_path, "a", 1)
+    write_json_model(tmp_path, "b", 3)
     async with loaded(tmp_path) as registry:
         assert registry.names() == ["a", "b"]
         assert registry.ready
@@ -82,8 +84,8 @@ async def test_load_all_serves_every_model_in_the_repository(tmp_path: Path) -> 
 
 
 async def test_a_broken_model_does_not_stop_the_others_and_its_reason_shows(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "good", 1)
-    write_fake_model(tmp_path, "bad", 1, load_error="not a valid ONNX model")
+    write_json_model(tmp_path, "good", 1)
+    write_json_model(tmp_path, "bad", 1, load_error="not a valid ONNX model")
     async with loaded(tmp_path) as registry:
         assert registry.get("good").ready
         bad = registry.versions("bad")[1]
@@ -98,8 +100,8 @@ async def test_a_broken_model_does_not_stop_the_others_and_its_reason_shows(tmp_
 
 
 async def test_a_bad_model_json_marks_the_model_unavailable_with_the_reason(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "m", 1, config={"max_batch_sise": 4})
-    write_fake_model(tmp_path, "ok", 1)
+    write_json_model(tmp_path, "m", 1, config={"max_batch_sise": 4})
+    write_json_model(tmp_path, "ok", 1)
     async with loaded(tmp_path) as registry:
         assert registry.get("ok").ready
         [model] = registry.versions("m").values()
@@ -118,8 +120,8 @@ async def test_a_version_directory_without_an_artifact_fails_with_a_reason(tmp_p
 
 
 async def test_a_failing_warm_up_leaves_the_version_unavailable_and_closes_it(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "m", 1, fail_predict=True)
-    loader = FakeLoader()
+    write_json_model(tmp_path, "m", 1, fail_predict=True)
+    loader = JsonArtifactLoader()
     async with loaded(tmp_path, loader) as registry:
         model = registry.versions("m")[1]
         assert model.state is ModelState.UNAVAILABLE
@@ -131,16 +133,16 @@ async def test_a_failing_warm_up_leaves_the_version_unavailable_and_closes_it(tm
 
 
 async def test_warm_up_runs_batch_one_and_the_max_batch(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "m", 1, config={"max_batch_size": 16})
-    loader = FakeLoader()
+    write_json_model(tmp_path, "m", 1, config={"max_batch_size": 16})
+    loader = JsonArtifactLoader()
     async with loaded(tmp_path, loader):
         assert loader.of("m", 1).batch_rows == [1, 16]
 
 
 async def test_model_json_declarations_must_agree_with_the_artifact(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "m", 1, config={"inputs": [{"name": "x", "datatype": "INT32", "shape": [-1, 4]}]})
-    write_fake_model(tmp_path, "n", 1, config={"outputs": [{"name": "z", "datatype": "FP32", "shape": [-1]}]})
-    write_fake_model(tmp_path, "o", 1, config={"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]})
+    write_json_model(tmp_path, "m", 1, config={"inputs": [{"name": "x", "datatype": "INT32", "shape": [-1, 4]}]})
+    write_json_model(tmp_path, "n", 1, config={"outputs": [{"name": "z", "datatype": "FP32", "shape": [-1]}]})
+    write_json_model(tmp_path, "o", 1, config={"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]})
     async with loaded(tmp_path) as registry:
         assert "INT32" in (registry.versions("m")[1].reason or "")
         assert "'z'" in (registry.versions("n")[1].reason or "")
@@ -160,7 +162,7 @@ async def test_the_version_policy_picks_what_is_loaded(
     tmp_path: Path, config: dict[str, Any], expected: list[int]
 ) -> None:
     for version in (1, 2, 3):
-        write_fake_model(tmp_path, "m", version, config=config)
+        write_json_model(tmp_path, "m", version, config=config)
     async with loaded(tmp_path) as registry:
         assert sorted(registry.versions("m")) == expected
         assert registry.get("m").version == 3
@@ -168,7 +170,7 @@ async def test_the_version_policy_picks_what_is_loaded(
 
 async def test_a_specific_version_is_served_and_an_unknown_one_is_not_found(tmp_path: Path) -> None:
     for version in (1, 2):
-        write_fake_model(tmp_path, "m", version, config={"version_policy": "all"})
+        write_json_model(tmp_path, "m", version, config={"version_policy": "all"})
     async with loaded(tmp_path) as registry:
         _, out = await infer(registry, "m", 1, rows(1), None)
         assert out["version"].tolist() == [1]
@@ -182,24 +184,24 @@ async def test_a_specific_version_is_served_and_an_unknown_one_is_not_found(tmp_
 
 async def test_the_default_pin_governs_version_less_requests(tmp_path: Path) -> None:
     for version in (1, 2):
-        write_fake_model(tmp_path, "m", version, config={"version_policy": "all"})
+        write_json_model(tmp_path, "m", version, config={"version_policy": "all"})
     async with loaded(tmp_path) as registry:
         assert registry.default_version("m") is None
-        registry.set_default("m", 1)
+        await registry.set_default("m", 1)
         assert registry.default_version("m") == 1
         assert registry.get("m").version == 1
         _, out = await infer(registry, "m", None, rows(1), None)
         assert out["version"].tolist() == [1]
         with pytest.raises(VersionNotFoundError):
-            registry.set_default("m", 5)
+            await registry.set_default("m", 5)
         await registry.unload("m", 1)  # removing the pinned version clears the pin
         assert registry.default_version("m") is None
         assert registry.get("m").version == 2
 
 
 async def test_inputs_are_checked_against_the_signature_before_queueing(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "m", 1)
-    loader = FakeLoader()
+    write_json_model(tmp_path, "m", 1)
+    loader = JsonArtifactLoader()
     async with loaded(tmp_path, loader) as registry:
         calls = len(loader.of("m", 1).batch_rows)
         with pytest.raises(BadRequestError, match=r"model 'm' version 1.*input 'x'.*FP32"):
@@ -211,9 +213,9 @@ async def test_inputs_are_checked_against_the_signature_before_queueing(tmp_path
 
 async def test_per_model_limits_override_the_server_defaults(tmp_path: Path) -> None:
     config = {"max_batch_size": 8, "max_queue_size": 3, "request_timeout_ms": 250, "device": "cpu"}
-    write_fake_model(tmp_path, "m", 1, config=config)
-    write_fake_model(tmp_path, "d", 1)
-    loader = FakeLoader()
+    write_json_model(tmp_path, "m", 1, config=config)
+    write_json_model(tmp_path, "d", 1)
+    loader = JsonArtifactLoader()
     async with loaded(tmp_path, loader, max_batch_size=32, max_queue_size=100, device="auto") as registry:
         limits = registry.get("m").limits
         assert limits is not None
@@ -225,8 +227,8 @@ async def test_per_model_limits_override_the_server_defaults(tmp_path: Path) -> 
 
 
 async def test_concurrent_requests_are_batched(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "m", 1, delay_s=0.02, config={"max_batch_size": 64, "max_batch_delay_ms": 5})
-    loader = FakeLoader()
+    write_json_model(tmp_path, "m", 1, delay_s=0.02, config={"max_batch_size": 64, "max_batch_delay_ms": 5})
+    loader = JsonArtifactLoader()
     async with loaded(tmp_path, loader) as registry:
         results = await asyncio.gather(*(infer(registry, "m", None, rows(1, i), None) for i in range(40)))
         assert [out["y"][0, 0] for _, out in results] == [2.0 * i for i in range(40)]
@@ -236,8 +238,8 @@ async def test_concurrent_requests_are_batched(tmp_path: Path) -> None:
 
 
 async def test_a_version_swap_under_concurrent_load_loses_no_request(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "m", 1, delay_s=0.005, config={"max_batch_size": 8, "max_batch_delay_ms": 1})
-    loader = FakeLoader()
+    write_json_model(tmp_path, "m", 1, delay_s=0.005, config={"max_batch_size": 8, "max_batch_delay_ms": 1})
+    loader = JsonArtifactLoader()
     async with loaded(tmp_path, loader) as registry:
         versions: list[int] = []
         errors: list[BaseException] = []
@@ -260,7 +262,7 @@ async def test_a_version_swap_under_concurrent_load_loses_no_request(tmp_path: P
         with anyio.fail_after(20):
             clients = [asyncio.create_task(client(i)) for i in range(16)]
             await reached.wait()
-            write_fake_model(tmp_path, "m", 2, delay_s=0.005)
+            write_json_model(tmp_path, "m", 2, delay_s=0.005)
             source = repository.find_model(tmp_path, "m")
             assert source is not None
             await registry.load_source(source)
@@ -279,9 +281,9 @@ async def test_a_version_swap_under_concurrent_load_loses_no_request(tmp_path: P
 
 
 async def test_unload_drains_running_requests_then_frees_the_runtime(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "m", 1, delay_s=0.1, config={"max_batch_size": 1})  # one request per call
-    write_fake_model(tmp_path, "other", 1)
-    loader = FakeLoader()
+    write_json_model(tmp_path, "m", 1, delay_s=0.1, config={"max_batch_size": 1})  # one request per call
+    write_json_model(tmp_path, "other", 1)
+    loader = JsonArtifactLoader()
     async with loaded(tmp_path, loader, warmup=False) as registry:
         pending = [asyncio.create_task(infer(registry, "m", None, rows(1, i), None)) for i in range(3)]
         await asyncio.sleep(0.05)  # the first runs, two wait in the queue
@@ -299,7 +301,7 @@ async def test_unload_drains_running_requests_then_frees_the_runtime(tmp_path: P
 
 
 async def test_requests_arriving_while_a_model_unloads_are_refused_cleanly(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "m", 1, delay_s=0.2)
+    write_json_model(tmp_path, "m", 1, delay_s=0.2)
     async with loaded(tmp_path, warmup=False) as registry:
         running = asyncio.create_task(infer(registry, "m", None, rows(1, 1), None))
         await asyncio.sleep(0.05)
@@ -316,14 +318,14 @@ async def test_requests_arriving_while_a_model_unloads_are_refused_cleanly(tmp_p
 
 
 async def test_poll_picks_up_new_versions_and_drops_removed_models(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "m", 1)
-    write_fake_model(tmp_path, "gone", 1)
-    loader = FakeLoader()
+    write_json_model(tmp_path, "m", 1)
+    write_json_model(tmp_path, "gone", 1)
+    loader = JsonArtifactLoader()
     async with loaded(tmp_path, loader) as registry:
         await registry.poll()  # nothing changed: nothing reloads
         assert len(loader.runtimes) == 2
-        write_fake_model(tmp_path, "m", 2)
-        write_fake_model(tmp_path, "new", 1)
+        write_json_model(tmp_path, "m", 2)
+        write_json_model(tmp_path, "new", 1)
         shutil.rmtree(tmp_path / "gone")
         await registry.poll()
         assert sorted(registry.versions("m")) == [2]
@@ -334,11 +336,11 @@ async def test_poll_picks_up_new_versions_and_drops_removed_models(tmp_path: Pat
 
 
 async def test_poll_forever_rescans_on_its_interval(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "m", 1)
+    write_json_model(tmp_path, "m", 1)
     async with loaded(tmp_path, poll_interval_s=0.05) as registry:
         poller = asyncio.create_task(registry.poll_forever())
         try:
-            write_fake_model(tmp_path, "m", 2)
+            write_json_model(tmp_path, "m", 2)
             for _ in range(250):
                 if registry.get("m").version == 2:
                     break
@@ -351,8 +353,8 @@ async def test_poll_forever_rescans_on_its_interval(tmp_path: Path) -> None:
 
 
 async def test_close_refuses_new_work_and_drains(tmp_path: Path) -> None:
-    write_fake_model(tmp_path, "m", 1, delay_s=0.2)
-    loader = FakeLoader()
+    write_json_model(tmp_path, "m", 1, delay_s=0.2)
+    loader = JsonArtifactLoader()
     registry = Registry(Settings(models_dir=tmp_path, warmup=False), Metrics(CollectorRegistry()), loader)
     await registry.load_all()
     running = asyncio.create_task(infer(registry, "m", None, rows(1, 3), None))

@@ -20,6 +20,7 @@ from service.repository import (
     scan,
     select_versions,
 )
+from tests.server import start_server, stop_server
 
 
 def make_model(repo: Path, name: str, versions: list[str], config: dict[str, Any] | str | None = None) -> Path:
@@ -106,6 +107,13 @@ def test_a_full_model_json_is_read(tmp_path: Path) -> None:
     assert config.max_concurrent_batches == 2
 
 
+def test_placement_keys_are_read(tmp_path: Path) -> None:
+    written = {"device": "cuda", "devices": [1, 0], "instances": 2, "gpu_memory_mb": 4096}
+    config = read_config(make_model(tmp_path, "m", ["1"], written))
+    assert (config.devices, config.instances, config.gpu_memory_mb) == ([1, 0], 2, 4096)
+    assert (ModelConfig().devices, ModelConfig().instances, ModelConfig().gpu_memory_mb) == (None, 1, None)
+
+
 def test_an_unknown_key_in_model_json_is_an_error_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError, match=r"max_batch_sise"):
         read_config(make_model(tmp_path, "m", ["1"], {"max_batch_sise": 8}))
@@ -143,6 +151,16 @@ def test_a_model_json_error_is_recorded_on_the_source_not_raised_by_scan(tmp_pat
         ({"version_labels": {"bad-label": 1}}, "bad-label"),
         ({"version_labels": {"stable": 0}}, "stable"),
         ({"device": "tpu"}, "device"),
+        ({"devices": []}, r"devices: .*non-empty list of distinct GPU indices"),
+        ({"devices": [0, -1]}, "devices"),
+        ({"devices": [1, 1]}, "devices"),
+        ({"devices": "0"}, "devices"),
+        ({"instances": 0}, "instances"),
+        ({"instances": 17}, "instances"),
+        ({"gpu_memory_mb": 0}, "gpu_memory_mb"),
+        ({"device": "cpu", "devices": [0]}, "device 'cpu' takes no devices, instances or gpu_memory_mb"),
+        ({"device": "cpu", "instances": 2}, "device 'cpu' takes no"),
+        ({"device": "cpu", "gpu_memory_mb": 512}, "device 'cpu' takes no"),
     ],
 )
 def test_invalid_model_json_is_an_error_naming_the_field(
@@ -197,3 +215,41 @@ def test_find_model_matches_the_listing_and_never_joins_a_path(tmp_path: Path) -
     assert sorted(source.versions) == [1]
     for name in ("nope", "../outside", "m/1", "..", ".", "/etc", "m\x00"):
         assert find_model(repo, name) is None
+
+
+def test_a_tf_serving_version_directory_is_a_savedmodel_in_place(tmp_path: Path) -> None:
+    version_dir = tmp_path / "mlp" / "3"
+    (version_dir / "variables").mkdir(parents=True)
+    (version_dir / "saved_model.pb").write_bytes(b"")
+    assert detect_format(version_dir) == "savedmodel"
+    assert artifact_path(version_dir, "savedmodel") == version_dir
+    (version_dir / "model.savedmodel").mkdir()  # tandem's own layout wins where both exist
+    assert artifact_path(version_dir, "savedmodel") == version_dir / "model.savedmodel"
+
+
+def test_a_tf_serving_model_base_path_serves_unchanged(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    class Doubler(tf.Module):
+        def __init__(self) -> None:
+            self.scale = tf.Variable(2.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def serve(self, x: Any) -> dict[str, Any]:
+            return {"y": x * self.scale}
+
+    base_path = tmp_path / "models" / "doubler"  # TF Serving: --model_base_path=.../doubler
+    module = Doubler()
+    tf.saved_model.save(module, str(base_path / "1"), signatures={"serving_default": module.serve})
+    before = sorted(str(p.relative_to(base_path)) for p in base_path.rglob("*"))
+    server = start_server(tmp_path / "models", tmp_path / "server.log", "--device", "cpu")
+    try:
+        with server.client() as client:
+            response = client.post("/v1/models/doubler:predict", json={"instances": [[1.0, 2.0, 3.0]]})
+            metadata = client.get("/v2/models/doubler").json()
+    finally:
+        stop_server(server)
+    assert response.status_code == 200, server.output()
+    assert response.json() == {"predictions": [[2.0, 4.0, 6.0]]}
+    assert metadata["platform"] == "tensorflow_savedmodel"
+    assert sorted(str(p.relative_to(base_path)) for p in base_path.rglob("*")) == before

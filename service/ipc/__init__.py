@@ -1,0 +1,1 @@
+"""Front worker processes <-> the engine process: framed messages over a Unix socket, tensors in shared memory."""

@@ -1,0 +1,92 @@
+"""Framed messages: a JSON header and a binary payload; tensors by reference to shared memory or inline; errors."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from service import errors
+from service.codec import deserialize_bytes_tensor, serialize_bytes_tensor
+from service.ipc.arena import Arena, Reader
+from service.tensors import datatype_of, numpy_dtype
+
+_SIZES = struct.Struct("<II")  # header bytes, payload bytes
+MAX_FRAME_BYTES = 1 << 31
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], memoryview]:
+    """One message: its header and its payload."""
+    head, size = _SIZES.unpack(await reader.readexactly(_SIZES.size))
+    data = memoryview(await reader.readexactly(head + size))
+    header: dict[str, Any] = orjson.loads(data[:head])
+    return header, data[head:]
+
+
+def write_frame(writer: asyncio.StreamWriter, header: dict[str, Any], payload: Sequence[bytes] = ()) -> None:
+    """Queue one message on the stream (the caller drains when it must)."""
+    head = orjson.dumps(header)
+    size = sum(len(part) for part in payload)
+    writer.writelines([_SIZES.pack(len(head), size), head, *payload])
+
+
+def pack(arrays: dict[str, np.ndarray], arena: Arena | None) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Describe arrays for the other side: numeric ones copied into the arena where a slot is free, else inline."""
+    refs: list[dict[str, Any]] = []
+    payload: list[bytes] = []
+    position = 0
+    for name, array in arrays.items():
+        datatype = datatype_of(array.dtype)
+        ref: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        offset = arena.put(array) if arena is not None and datatype != "BYTES" else None
+        if offset is not None:
+            ref["shm"] = offset
+        else:
+            raw = serialize_bytes_tensor(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes()
+            ref["at"], ref["size"] = position, len(raw)
+            payload.append(raw)
+            position += len(raw)
+        refs.append(ref)
+    return refs, payload
+
+
+def unpack(refs: list[dict[str, Any]], payload: memoryview, shared: Reader | None) -> dict[str, np.ndarray]:
+    """The arrays `pack` described: views into shared memory or the payload, without copying."""
+    arrays: dict[str, np.ndarray] = {}
+    for ref in refs:
+        shape = tuple(ref["shape"])
+        dtype = numpy_dtype(ref["datatype"])
+        if "shm" in ref and shared is not None:
+            arrays[ref["name"]] = shared.view(ref["shm"], dtype, shape)
+            continue
+        raw = payload[ref["at"] : ref["at"] + ref["size"]]
+        if ref["datatype"] == "BYTES":
+            count = int(np.prod(shape, dtype=np.int64))
+            arrays[ref["name"]] = deserialize_bytes_tensor(raw, count, ref["name"]).reshape(shape)
+        else:
+            arrays[ref["name"]] = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return arrays
+
+
+def released(refs: list[dict[str, Any]]) -> list[int]:
+    """The arena offsets a packed request holds."""
+    return [ref["shm"] for ref in refs if "shm" in ref]
+
+
+def error_header(exc: errors.ServiceError) -> dict[str, Any]:
+    """A domain error as a header: its class and message cross; causes and tracebacks stay in the engine's log."""
+    return {"error": type(exc).__name__, "message": exc.message, "headers": exc.headers}
+
+
+def error_from(header: dict[str, Any]) -> errors.ServiceError:
+    """The domain error an error header describes (InternalError for a name this side does not know)."""
+    cls = getattr(errors, str(header.get("error")), None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.ServiceError)):
+        cls = errors.InternalError
+    err: errors.ServiceError = cls.__new__(cls)
+    errors.ServiceError.__init__(err, str(header.get("message", "")), headers=header.get("headers") or {})
+    return err
