@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 MODELS ?= models
+BENCH_ARGS ?=
 
 .PHONY: serve test lint examples bench gpu-bench clean docker-smoke
 
@@ -28,9 +29,9 @@ lint: $(BIN)/tandem
 test: $(BIN)/tandem lint
 	$(BIN)/python -m pytest
 
+# Not part of `make test`: minutes of load; installs wrk with apt-get when missing (as root).
 bench: $(BIN)/tandem
-	@test -d $(MODELS)/digits_mlp || $(MAKE) examples
-	$(BIN)/python -m benchmarks.run --models $(MODELS)
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 # The GPU run (docs/benchmarks.md, "GPU"): exits 0 saying it measured nothing where there is no GPU.
 gpu-bench: $(BIN)/tandem

@@ -2,6 +2,8 @@
 
 Written on raw asyncio streams so that one client core can drive more requests per second than the
 server under test answers; general-purpose HTTP clients spend more time per request than tandem does.
+scripts/gpu_bench.py drives the server with it on a GPU host (many cores); `make bench` uses wrk, which
+needs a fraction of the CPU this does.
 """
 
 from __future__ import annotations

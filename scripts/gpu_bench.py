@@ -183,7 +183,7 @@ def check_placement(port: int, on_gpu: bool) -> list[str]:
 def serve_and_load(args: argparse.Namespace, artifact: Path, on_gpu: bool) -> list[str]:
     """Start the server on the CNN, drive binary V2 and JSON at each level, print req/s and the ratio."""
     from benchmarks.loadgen import run, run_sync
-    from benchmarks.run import free_port
+    from benchmarks.servers import free_port
 
     port, problems = free_port(), []
     with tempfile.TemporaryDirectory() as tmp:
