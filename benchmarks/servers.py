@@ -69,7 +69,8 @@ def server_command(spec: ServerSpec, repository: Path, port: int) -> list[str]:
     if spec.kind == "naive":
         return [sys.executable, "-m", "benchmarks.naive_server", str(repository), str(port), *spec.flags]
     serve = [sys.executable, "-m", "service", "serve", "--models", str(repository), "--host", "127.0.0.1"]
-    serve += ["--port", str(port), "--intra-op-threads", "1", "--device", "cpu", "--log-level", "warning"]
+    serve += ["--port", str(port), "--grpc-port", "0", "--intra-op-threads", "1", "--device", "cpu"]
+    serve += ["--log-level", "warning"]
     return [*serve, *spec.flags]
 
 
