@@ -85,6 +85,7 @@ def serve(argv: list[str]) -> int:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
+        log_config=None,  # uvicorn's loggers go through configure_logging's handler
         timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout_s)),  # uvicorn: 0/None = forever
         server_header=False,
     )
@@ -92,8 +93,10 @@ def serve(argv: list[str]) -> int:
 
 
 def configure_logging(settings: Settings) -> None:
-    """One format for every process of the server."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """One format for every process of the server (service.logs), uvicorn's and the runtimes' loggers included."""
+    from service import logs
+
+    logs.setup(settings.log_level, settings.log_format)
 
 
 def worker_count(workers: str) -> int:

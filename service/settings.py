@@ -22,6 +22,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to bind; use 0.0.0.0 inside a container.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port for every dialect and /metrics.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Log lines as JSON or text; auto: text on a terminal, JSON otherwise."
+    )
+    access_log: bool = Field(
+        False, description="One log line per request (method, path, model, status, bytes, times, request id)."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when usable, else CPU; cuda: require a GPU; cpu: never use one."
     )

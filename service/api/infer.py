@@ -73,6 +73,7 @@ async def infer(
     infer_request.deadline = deadline(request, model.limits, infer_request.parameters.get("timeout"))
     response = await found.infer(infer_request, disconnected(request.receive))
     call.bind(response.model, response.version)
+    call.queue_s, call.compute_s = response.queue_s, response.compute_s
     answer = dialect.encode(response, reply)
     finish(request.app.state.metrics, call, 200, "ok")
     return answer

@@ -175,7 +175,8 @@ class RemoteEngine:
                 self._arena.release(offset)
             if model is not None:
                 model.inflight -= 1
-        return InferResponse(answer["model"], answer["version"], wire.unpack(answer["outputs"], data, None))
+        outputs = wire.unpack(answer["outputs"], data, None)
+        return InferResponse(answer["model"], answer["version"], outputs, answer["queue_s"], answer["compute_s"])
 
     async def _send(
         self, header: dict[str, Any], payload: list[bytes] | None = None, gone: Callable[[], bool] | None = None

@@ -111,6 +111,7 @@ class EngineServer:
         else:
             refs, parts = wire.pack(response.outputs, None)
             answer = {"id": ident, "model": response.model, "version": response.version, "outputs": refs}
+            answer["queue_s"], answer["compute_s"] = response.queue_s, response.compute_s
         finally:
             gone.discard(ident)
         if not writer.is_closing():
