@@ -21,7 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
-from service import logs
+from service import logs, openapi
 from service.api import health, management, tfserving, torchserve, v2, v2_repository
 from service.api.http import finish_error, json_response
 from service.control import LocalEngine
@@ -77,7 +77,16 @@ def create_app(settings: Settings, loader: RuntimeLoader = load_runtime, engine_
                 poller.cancel()
             await registry.close(settings.drain_timeout_s)
 
-    app = FastAPI(title="tandem", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    docs = settings.openapi  # /openapi.json and /docs (service.openapi)
+    app = FastAPI(
+        title="tandem",
+        version=_version(),
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    openapi.install(app)
     app.state.started = False
     for router in _routers():
         app.include_router(router)
@@ -102,6 +111,12 @@ async def _remote(app: FastAPI, settings: Settings, engine_path: str) -> AsyncIt
     finally:
         app.state.started = False
         await remote.close()
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("tandem")
 
 
 def _routers() -> list[Any]:
