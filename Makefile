@@ -10,7 +10,7 @@ MODELS ?= models
 $(BIN)/tandem: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[export,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[export,dev,otel]'
 	touch $@
 
 examples: $(BIN)/tandem

@@ -87,6 +87,8 @@ def create_app(settings: Settings, loader: RuntimeLoader = load_runtime, engine_
         openapi_url="/openapi.json" if docs else None,
     )
     openapi.install(app)
+    if settings.otel:
+        _enable_tracing()
     app.state.started = False
     for router in _routers():
         app.include_router(router)
@@ -111,6 +113,15 @@ async def _remote(app: FastAPI, settings: Settings, engine_path: str) -> AsyncIt
     finally:
         app.state.started = False
         await remote.close()
+
+
+def _enable_tracing() -> None:
+    from service import tracing
+
+    try:
+        tracing.enable()
+    except ImportError as exc:
+        raise SystemExit(f"error: otel needs OpenTelemetry ({exc.name}): pip install 'tandem[otel]'") from None
 
 
 def _version() -> str:

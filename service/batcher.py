@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from service.batching import (
+    BATCH_IDS,
     INLINE_BATCH_S,
     Arrays,
     BatchObserver,
@@ -123,6 +124,7 @@ class DynamicBatcher:
             outputs = await item.future
             if timing is not None:
                 timing.queue_s, timing.compute_s = item.dispatched_at - item.enqueued_at, item.compute_s
+                timing.batch_id = item.batch_id
             return outputs
         finally:
             self._waiting.leave(item)  # still queued only if the caller was cancelled: it must never run
@@ -260,9 +262,10 @@ class DynamicBatcher:
         batch = [item for item in batch if self._waiting.live(item, now)]  # some may have gone while it filled
         if not batch:
             return
+        batch_id = next(BATCH_IDS)
         for item in batch:
             item.queued = False
-            item.dispatched_at = now
+            item.dispatched_at, item.batch_id = now, batch_id
         self._waiting.depth -= len(batch)
         rows = sum(item.rows for item in batch)
         self._inflight += 1

@@ -49,12 +49,16 @@ class BatchObserver(Protocol):
         """Batches executing now."""
 
 
+BATCH_IDS = itertools.count(1)  # every batch of this process, across versions
+
+
 @dataclass(slots=True)
 class Timing:
     """Where one request's time went in the engine: waiting for its batch, and that batch's runtime call."""
 
     queue_s: float = 0.0
     compute_s: float = 0.0
+    batch_id: int = 0  # the batch it ran in, unique in this process (traces link the requests of one batch)
 
 
 @dataclass(slots=True, eq=False)
@@ -73,6 +77,7 @@ class Pending:
     queued: bool = True  # counted in queue_depth until dispatched, failed or abandoned
     dispatched_at: float = 0.0  # time.monotonic() when its batch started
     compute_s: float = 0.0  # its batch's runtime call
+    batch_id: int = 0
 
 
 def shape_key(inputs: Arrays) -> ShapeKey:

@@ -133,7 +133,7 @@ class Registry:
             raise
         model.stats.request_finished(True, started)
         outputs = select(produced, model.outputs, request.outputs)
-        return InferResponse(model.name, model.version, outputs, timing.queue_s, timing.compute_s)
+        return InferResponse(model.name, model.version, outputs, timing.queue_s, timing.compute_s, timing.batch_id)
 
     # ----- loading and unloading ----------------------------------------------------------------
     async def load_all(self) -> None:

@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     access_log: bool = Field(
         False, description="One log line per request (method, path, model, status, bytes, times, request id)."
     )
+    otel: bool = Field(
+        False,
+        description="OpenTelemetry traces of inference requests, exported over OTLP as the OTEL_* variables say "
+        "(needs tandem[otel]).",
+    )
     openapi: bool = Field(True, description="Serve the OpenAPI description at /openapi.json and a page at /docs.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when usable, else CPU; cuda: require a GPU; cpu: never use one."

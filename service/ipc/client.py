@@ -176,7 +176,8 @@ class RemoteEngine:
             if model is not None:
                 model.inflight -= 1
         outputs = wire.unpack(answer["outputs"], data, None)
-        return InferResponse(answer["model"], answer["version"], outputs, answer["queue_s"], answer["compute_s"])
+        timing = answer["queue_s"], answer["compute_s"], answer["batch_id"]
+        return InferResponse(answer["model"], answer["version"], outputs, *timing)
 
     async def _send(
         self, header: dict[str, Any], payload: list[bytes] | None = None, gone: Callable[[], bool] | None = None
