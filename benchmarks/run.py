@@ -1,7 +1,8 @@
 """Throughput and latency of tandem on this machine, in one run.
 
 Prints: in-process ONNX Runtime throughput (the ceiling), the server's req/s and p50/p99 at
-concurrency 1, 16 and 64 with batching on, and the same with batching off. The server is pinned to
+concurrency 1, 16 and 64 with batching on, and the same with batching off (and, with --access-log, batching
+on with the access log on, to measure its cost). The server is pinned to
 one core and the load generator to another where the machine has two or more.
 """
 
@@ -124,6 +125,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--levels", default="1,16,64")
     parser.add_argument("--max-batch-size", type=int, default=64, help="rows per batch in the batching-on run")
+    parser.add_argument("--access-log", action="store_true", help="also run batching on with the access log on")
     args = parser.parse_args()
     if not (args.models / MODEL / "1" / "model.onnx").exists():
         raise SystemExit(f"{MODEL} missing: build the examples first (make examples)")
@@ -136,6 +138,9 @@ def main() -> None:
         unbatched = repository_with(args.models, Path(workdir), 0)
         measure(batched, f"server, batching on ({args.max_batch_size})", {}, levels, args.seconds)
         measure(unbatched, "server, batching off", {}, levels, args.seconds)
+        if args.access_log:  # JSON lines to the benchmark's stderr: what a container's log driver would read
+            access = {"TANDEM_ACCESS_LOG": "true", "TANDEM_LOG_FORMAT": "json"}
+            measure(batched, f"server, batching on ({args.max_batch_size}), access log", access, levels, args.seconds)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ def setup(level: str, log_format: str) -> None:
         for old in list(named.handlers):
             named.removeHandler(old)
         named.propagate = True
+    access_logger.setLevel(logging.INFO)  # on with --access-log whatever the log level
     logging.captureWarnings(True)
 
 
