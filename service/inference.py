@@ -58,6 +58,8 @@ def validate(
             if rows not in (-1, arr.shape[0]):
                 raise BadRequestError(f"{what}: inputs disagree on batch size ({rows} vs {arr.shape[0]})")
             rows = arr.shape[0]
+    if rows == 0:
+        raise BadRequestError(f"{what}: the request has no rows (dim 0 of its batched inputs is 0)")
     request.rows = max(rows, 1)
     if max_rows > 1 and rows > max_rows:
         raise BatchTooLargeError(f"{what}: request has {rows} rows, more than max_batch_size {max_rows}")
