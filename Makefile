@@ -11,7 +11,7 @@ BENCH_ARGS ?=
 $(BIN)/tandem: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[export,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[export,dev,otel]'
 	touch $@
 
 examples: $(BIN)/tandem

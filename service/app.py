@@ -21,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
+from service import logs, openapi
 from service.api import health, management, tfserving, torchserve, v2, v2_repository
 from service.api.http import finish_error, json_response
 from service.control import LocalEngine
@@ -82,13 +83,24 @@ def create_app(
         finally:
             await lifecycle.stop(registry.close)
 
-    app = FastAPI(title="tandem", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    docs = settings.openapi  # /openapi.json and /docs (service.openapi)
+    app = FastAPI(
+        title="tandem",
+        version=_version(),
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    openapi.install(app)
+    if settings.otel:
+        _enable_tracing()
     app.state.lifecycle = Lifecycle(settings, background_load=background_load)
     for router in _routers():
         app.include_router(router)
     app.add_api_route("/metrics", _metrics, methods=["GET"])
     _install_error_handlers(app)
-    return FrontDoor(app)
+    return FrontDoor(app, access_log=settings.access_log)
 
 
 @contextlib.asynccontextmanager
@@ -127,6 +139,21 @@ async def _load(registry: LocalEngine, lifecycle: Lifecycle) -> None:
     gc.freeze()
     if registry.settings.poll_interval_s > 0:
         lifecycle.spawn(every(registry.settings.poll_interval_s, registry.poll, "repository poll"))
+
+
+def _enable_tracing() -> None:
+    from service import tracing
+
+    try:
+        tracing.enable()
+    except ImportError as exc:
+        raise SystemExit(f"error: otel needs OpenTelemetry ({exc.name}): pip install 'tandem[otel]'") from None
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("tandem")
 
 
 def _routers() -> list[Any]:
@@ -210,8 +237,9 @@ FAST_ROUTES: list[tuple[str, re.Pattern[str], Endpoint]] = [
 class FrontDoor:
     """Pure-ASGI entry: tags every response with X-Request-Id and serves FAST_ROUTES directly."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, *, access_log: bool = False) -> None:
         self.app = app
+        self.access_log = access_log
         self.state = app.state  # so callers can reach app.state through the wrapper
         self._prefix = f"{os.getpid():x}{secrets.token_hex(3)}-"
         self._counter = itertools.count(1)
@@ -222,7 +250,10 @@ class FrontDoor:
             await self.app(scope, receive, send)
             return
         request_id = self._request_id(scope)
-        scope["tandem.request_id"] = request_id.decode()
+        scope["tandem.request_id"] = text_id = request_id.decode()
+        logs.REQUEST_ID.set(text_id)  # this request's task only: every line it logs carries the id
+        if self.access_log:
+            receive, send = logs.access_wrapped(scope, receive, send)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from service.batching import (
+    BATCH_IDS,
     INLINE_BATCH_S,
     Arrays,
     BatchObserver,
@@ -19,6 +20,7 @@ from service.batching import (
     Executed,
     Pending,
     RunBatch,
+    Timing,
     shape_key,
     take,
 )
@@ -106,18 +108,24 @@ class DynamicBatcher:
         deadline: float | None = None,
         queue_deadline: float | None = None,
         gone: Callable[[], bool] | None = None,
+        timing: Timing | None = None,
     ) -> Arrays:
         """Queue one validated request of `rows` rows (deadlines are time.monotonic() values); return its outputs.
 
         Callers validate first (service.inference.validate): the batcher trusts names, dtypes, shapes and the
         row count, so that a batch never fails because of a neighbour. `gone` tells whether the client has left;
-        it is asked while the batch forms, and such a request is dropped with ClientGoneError.
+        it is asked while the batch forms, and such a request is dropped with ClientGoneError. `timing`, when
+        given, receives the time the request waited and its batch's runtime call.
         """
         item = self._admit(inputs, rows, deadline, queue_deadline, gone)
         self._watch(item.deadline)
         self._watch(item.queue_deadline)
         try:
-            return await item.future
+            outputs = await item.future
+            if timing is not None:
+                timing.queue_s, timing.compute_s = item.dispatched_at - item.enqueued_at, item.compute_s
+                timing.batch_id = item.batch_id
+            return outputs
         finally:
             self._waiting.leave(item)  # still queued only if the caller was cancelled: it must never run
 
@@ -254,8 +262,10 @@ class DynamicBatcher:
         batch = [item for item in batch if self._waiting.live(item, now)]  # some may have gone while it filled
         if not batch:
             return
+        batch_id = next(BATCH_IDS)
         for item in batch:
             item.queued = False
+            item.dispatched_at, item.batch_id = now, batch_id
         self._waiting.depth -= len(batch)
         rows = sum(item.rows for item in batch)
         self._inflight += 1
@@ -279,6 +289,7 @@ class DynamicBatcher:
         if error is None:
             for item, outputs in zip(batch, results, strict=True):
                 if not item.future.done():  # done: the caller left, or its deadline passed while this ran
+                    item.compute_s = compute_s
                     item.future.set_result(outputs)
         else:
             for item in batch:

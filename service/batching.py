@@ -49,6 +49,18 @@ class BatchObserver(Protocol):
         """Batches executing now."""
 
 
+BATCH_IDS = itertools.count(1)  # every batch of this process, across versions
+
+
+@dataclass(slots=True)
+class Timing:
+    """Where one request's time went in the engine: waiting for its batch, and that batch's runtime call."""
+
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+    batch_id: int = 0  # the batch it ran in, unique in this process (traces link the requests of one batch)
+
+
 @dataclass(slots=True, eq=False)
 class Pending:
     """A queued request; the future travels with it."""
@@ -63,6 +75,9 @@ class Pending:
     idle: bool  # nothing queued or running at submit: its batch must not wait for company
     gone: Callable[[], bool] | None  # True once the client has left: the request is dropped before it runs
     queued: bool = True  # counted in queue_depth until dispatched, failed or abandoned
+    dispatched_at: float = 0.0  # time.monotonic() when its batch started
+    compute_s: float = 0.0  # its batch's runtime call
+    batch_id: int = 0
 
 
 def shape_key(inputs: Arrays) -> ShapeKey:

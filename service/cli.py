@@ -84,8 +84,10 @@ def serve(argv: list[str]) -> int:
 
 
 def configure_logging(settings: Settings) -> None:
-    """One format for every process of the server."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """One format for every process of the server (service.logs), uvicorn's and the runtimes' loggers included."""
+    from service import logs
+
+    logs.setup(settings.log_level, settings.log_format)
 
 
 def worker_count(workers: str) -> int:

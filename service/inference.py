@@ -34,6 +34,9 @@ class InferResponse:
     model: str
     version: int
     outputs: dict[str, np.ndarray]
+    queue_s: float = 0.0  # waiting for its batch to start
+    compute_s: float = 0.0  # its batch's runtime call
+    batch_id: int = 0  # which batch (the requests of one batch share it)
 
 
 def validate(

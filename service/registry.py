@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from service import readiness, repository
+from service.batching import Timing
 from service.errors import (
     ModelNotFoundError,
     ModelNotReadyError,
@@ -122,16 +123,23 @@ class Registry:
         if model.state is not ModelState.READY or batcher is None or limits is None:
             raise ModelNotReadyError(f"{model.label} is not ready ({model.state.value.lower()})")
         started = time.perf_counter_ns()
+        timing = Timing()
         queue_deadline = time.monotonic() + limits.queue_timeout_ms / 1000 if limits.queue_timeout_ms > 0 else None
         try:
             produced = await batcher.submit(
-                request.inputs, rows=request.rows, deadline=request.deadline, queue_deadline=queue_deadline, gone=gone
+                request.inputs,
+                rows=request.rows,
+                deadline=request.deadline,
+                queue_deadline=queue_deadline,
+                gone=gone,
+                timing=timing,
             )
         except ServiceError:
             model.stats.request_finished(False, started)
             raise
         model.stats.request_finished(True, started)
-        return InferResponse(model.name, model.version, select(produced, model.outputs, request.outputs))
+        outputs = select(produced, model.outputs, request.outputs)
+        return InferResponse(model.name, model.version, outputs, timing.queue_s, timing.compute_s, timing.batch_id)
 
     # ----- loading and unloading ----------------------------------------------------------------
     async def load_all(self) -> None:

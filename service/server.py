@@ -108,6 +108,7 @@ def run(app: FrontDoor, settings: Settings) -> None:
         lifespan="on",
         log_level=settings.log_level,
         access_log=False,
+        log_config=None,  # uvicorn's loggers go through configure_logging's handler
         server_header=False,
         timeout_keep_alive=settings.keep_alive_timeout_s,
     )

@@ -70,6 +70,18 @@ class Settings(BaseSettings):
         8001, ge=0, le=65535, description="TCP port for gRPC (KServe V2, TF Serving) on the same host; 0 = off."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Log lines as JSON or text; auto: text on a terminal, JSON otherwise."
+    )
+    access_log: bool = Field(
+        False, description="One log line per request (method, path, model, status, bytes, times, request id)."
+    )
+    otel: bool = Field(
+        False,
+        description="OpenTelemetry traces of inference requests, exported over OTLP as the OTEL_* variables say "
+        "(needs tandem[otel]).",
+    )
+    openapi: bool = Field(True, description="Serve the OpenAPI description at /openapi.json and a page at /docs.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when usable, else CPU; cuda: require a GPU; cpu: never use one."
     )

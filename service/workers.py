@@ -37,7 +37,8 @@ def run(settings: Settings, count: int) -> int:
         metrics_dir.mkdir()
         os.environ[MULTIPROC_ENV] = str(metrics_dir)  # inherited: every process writes its metrics there
         path = str(Path(private, "engine.sock"))
-        listener = uvicorn.Config("service.app:create_app", host=settings.host, port=settings.port).bind_socket()
+        config = uvicorn.Config("service.app:create_app", host=settings.host, port=settings.port, log_config=None)
+        listener = config.bind_socket()
         stop_read, stop_write = os.pipe()
         os.set_blocking(stop_write, False)
         signal.set_wakeup_fd(stop_write)
@@ -106,6 +107,7 @@ def worker_main(settings: Settings, path: str, listener: socket.socket) -> None:
         create_app(settings, engine_path=path, grpc=True),
         log_level=settings.log_level,
         access_log=False,
+        log_config=None,  # uvicorn's loggers go through configure_logging's handler
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s + 0.999)),
         server_header=False,
     )

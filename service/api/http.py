@@ -47,6 +47,8 @@ class Call:
     started: float
     model: str = ""
     version: str = ""
+    queue_s: float = 0.0  # for the access log: waiting for a batch, and the batch's runtime call
+    compute_s: float = 0.0
 
     def bind(self, name: str, version: int) -> None:
         """Label metrics with the registry's names, never the raw path."""

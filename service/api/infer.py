@@ -10,7 +10,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
+from service import tracing
 from service.api.http import (
+    Call,
     begin,
     check_name,
     deadline,
@@ -51,6 +53,7 @@ async def infer(
     `version` is the path's text (checked here) or a number the dialect already parsed; None means the default.
     """
     call = begin(request, dialect.name)
+    marks = [time.time_ns()] if tracing.ENABLED else None  # span instants, only when traces are on
     if isinstance(version, str) or version is None:
         version = parse_version(version, check_name(name))
     found = engine(request)
@@ -69,13 +72,32 @@ async def infer(
         infer_request, reply = await _decoded(request, dialect, model)
     finally:
         model.admitting -= 1
+    if marks is not None:
+        marks.append(time.time_ns())
     infer_request.pinned = version is not None or label is not None
     infer_request.deadline = deadline(request, model.limits, infer_request.parameters.get("timeout"))
     response = await found.infer(infer_request, disconnected(request.receive))
+    if marks is not None:
+        marks.append(time.time_ns())
     call.bind(response.model, response.version)
+    call.queue_s, call.compute_s = response.queue_s, response.compute_s
     answer = dialect.encode(response, reply)
     finish(request.app.state.metrics, call, 200, "ok")
+    if marks is not None:
+        marks.append(time.time_ns())
+        tracing.record(request.headers, _span_attributes(request, call), marks, response)
     return answer
+
+
+def _span_attributes(request: Request, call: Call) -> dict[str, str]:
+    return {
+        "http.request.method": request.method,
+        "url.path": request.url.path,
+        "tandem.dialect": call.dialect,
+        "tandem.model": call.model,
+        "tandem.version": call.version,
+        "tandem.request_id": str(request.scope.get("tandem.request_id", "")),
+    }
 
 
 async def _decoded(request: Request, dialect: Dialect, model: ModelInfo) -> tuple[InferRequest, Any]:

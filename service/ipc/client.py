@@ -183,7 +183,9 @@ class RemoteEngine:
                 self._arena.release(offset)
             if model is not None:
                 model.inflight -= 1
-        return InferResponse(answer["model"], answer["version"], wire.unpack(answer["outputs"], data, None))
+        outputs = wire.unpack(answer["outputs"], data, None)
+        timing = answer["queue_s"], answer["compute_s"], answer["batch_id"]
+        return InferResponse(answer["model"], answer["version"], outputs, *timing)
 
     async def _send(
         self, header: dict[str, Any], payload: list[bytes] | None = None, gone: Callable[[], bool] | None = None

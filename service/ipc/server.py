@@ -112,6 +112,8 @@ class EngineServer:
         else:
             refs, parts = wire.pack(response.outputs, None)
             answer = {"id": ident, "model": response.model, "version": response.version, "outputs": refs}
+            answer["queue_s"], answer["compute_s"] = response.queue_s, response.compute_s
+            answer["batch_id"] = response.batch_id
         finally:
             gone.discard(ident)
         if not writer.is_closing():

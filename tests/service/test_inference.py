@@ -64,6 +64,11 @@ def test_inputs_that_disagree_on_the_batch_are_refused() -> None:
         validate(req, SPECS, OUTPUTS, 64, "model 'm'")
 
 
+def test_a_request_with_no_rows_is_refused() -> None:
+    with pytest.raises(BadRequestError, match=r"the request has no rows"):
+        validate(good(0), SPECS, OUTPUTS, 64, "model 'm'")
+
+
 def test_more_rows_than_the_batch_limit_is_refused_only_where_the_model_batches() -> None:
     with pytest.raises(BatchTooLargeError, match=r"65 rows, more than max_batch_size 64"):
         validate(good(65), SPECS, OUTPUTS, 64, "model 'm'")
