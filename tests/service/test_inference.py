@@ -65,7 +65,7 @@ def test_inputs_that_disagree_on_the_batch_are_refused() -> None:
 
 
 def test_a_request_with_no_rows_is_refused() -> None:
-    with pytest.raises(BadRequestError, match=r"the request has no rows"):
+    with pytest.raises(BadRequestError, match=r"the request has 0 rows"):
         validate(good(0), SPECS, OUTPUTS, 64, "model 'm'")
 
 
