@@ -24,12 +24,7 @@ from service.batching import (
     shape_key,
     take,
 )
-from service.errors import (
-    InternalError,
-    ModelNotReadyError,
-    QueueFullError,
-    ShuttingDownError,
-)
+from service.errors import InternalError, ModelNotReadyError, QueueFullError, ShuttingDownError
 from service.request_queue import RequestQueue
 
 logger = logging.getLogger(__name__)
