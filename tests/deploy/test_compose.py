@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
+from scripts.docker_smoke.compose import Override, Reset, load
 from service.settings import Settings, unknown_env_settings
 from tests.deploy.conftest import ROOT
 
@@ -19,46 +20,6 @@ SCHEMA = Path(__file__).with_name("compose-spec.json")
 BASE = ROOT / "docker-compose.yml"
 CPU = ROOT / "docker-compose.cpu.yml"
 DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?")
-
-
-class Reset:
-    """A value tagged `!reset`: the merge removes what the base file set there."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-class Override:
-    """A value tagged `!override`: the merge replaces the base value instead of merging into it."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-class ComposeLoader(yaml.SafeLoader):
-    """SafeLoader that understands compose's merge tags."""
-
-
-def _tagged(cls: type[Reset] | type[Override]) -> Any:
-    def construct(loader: yaml.SafeLoader, node: yaml.Node) -> Reset | Override:
-        if isinstance(node, yaml.SequenceNode):
-            return cls(loader.construct_sequence(node, deep=True))
-        if isinstance(node, yaml.MappingNode):
-            return cls(loader.construct_mapping(node, deep=True))
-        return cls(loader.construct_scalar(node))
-
-    return construct
-
-
-ComposeLoader.add_constructor("!reset", _tagged(Reset))
-ComposeLoader.add_constructor("!override", _tagged(Override))
-
-
-def load(path: Path) -> dict[str, Any]:
-    """A compose file as data, with !reset / !override kept as markers."""
-    data = yaml.load(path.read_text(), Loader=ComposeLoader)  # noqa: S506 - a SafeLoader subclass
-    assert isinstance(data, dict)
-    return data
 
 
 def plain(value: Any) -> Any:
