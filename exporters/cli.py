@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +87,18 @@ def _add_common(sub: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str]) -> int:
     """Run one export; 0 on success, 1 with a one-line `error:` on stderr otherwise, 2 for bad usage."""
+    return execute(build_parser(), run, argv)
+
+
+def execute(parser: argparse.ArgumentParser, work: Callable[[argparse.Namespace], object], argv: list[str]) -> int:
+    """Parse, then run one command: 0 on success, 1 with a one-line `error:` on stderr, 2 for bad usage."""
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse has already printed
         return exc.code if isinstance(exc.code, int) else int(exc.code is not None) * 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up logging drowns the report
     try:
-        run(args)
+        work(args)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

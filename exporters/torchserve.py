@@ -7,13 +7,13 @@ refused with the `tandem export torch` line that would export it from the model'
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from exporters import ExportError, step
+from exporters.cli import execute
 from exporters.mar import describe_handler, model_kind, module_class, read_archive
 from exporters.pipeline import DEFAULT_MAX_BATCH_SIZE, Checks, export_model
 from exporters.spec import InputSpec, check_names, parse_datatype, parse_dims, parse_input
@@ -45,20 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Run one import; 0 on success, 1 with a one-line `error:` on stderr otherwise, 2 for bad usage."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else int(exc.code is not None) * 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        run(args)
-    except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    return 0
+    return execute(build_parser(), run, argv)
 
 
 def run(args: argparse.Namespace) -> Path:
