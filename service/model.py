@@ -138,8 +138,26 @@ class ModelInfo(Protocol):
         ...
 
 
+class VersionNaming:
+    """What every view of a model version derives from its name, version and state."""
+
+    name: str
+    version: int
+    state: ModelState
+
+    @property
+    def label(self) -> str:
+        """How messages name this version."""
+        return f"model '{self.name}' version {self.version}"
+
+    @property
+    def ready(self) -> bool:
+        """Whether the version takes requests."""
+        return self.state is ModelState.READY
+
+
 @dataclass(eq=False)
-class LoadedModel:
+class LoadedModel(VersionNaming):
     """One model version as served: its signature, limits, runtime and batcher."""
 
     name: str
@@ -155,11 +173,6 @@ class LoadedModel:
     admitting: int = 0  # requests past admission whose bodies are being read and decoded, not yet queued
 
     @property
-    def label(self) -> str:
-        """How messages name this version."""
-        return f"model '{self.name}' version {self.version}"
-
-    @property
     def inputs(self) -> list[TensorSpec]:
         """Input signature (empty until loaded)."""
         return self.runtime.inputs if self.runtime else []
@@ -168,11 +181,6 @@ class LoadedModel:
     def outputs(self) -> list[TensorSpec]:
         """Output signature (empty until loaded)."""
         return self.runtime.outputs if self.runtime else []
-
-    @property
-    def ready(self) -> bool:
-        """Whether the version takes requests."""
-        return self.state is ModelState.READY
 
     @property
     def format(self) -> str | None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import QueueFullError
-from service.model import Limits, ModelInfo, ModelState
+from service.model import Limits, ModelInfo, ModelState, VersionNaming
 from service.repository import ModelConfig
 from service.tensors import TensorSpec
 
@@ -27,7 +27,7 @@ class StatsView:
 
 
 @dataclass(eq=False)
-class ModelView:
+class ModelView(VersionNaming):
     """A model version seen from a worker process: the engine's LoadedModel, without its runtime and batcher."""
 
     name: str
@@ -47,16 +47,6 @@ class ModelView:
     stats: StatsView = field(default_factory=StatsView)
     admitting: int = 0
     inflight: int = 0  # this worker's requests to the version, sent and not yet answered
-
-    @property
-    def label(self) -> str:
-        """How messages name this version."""
-        return f"model '{self.name}' version {self.version}"
-
-    @property
-    def ready(self) -> bool:
-        """Whether the version takes requests."""
-        return self.state is ModelState.READY
 
     def admit(self) -> None:
         """Refuse before the body is read when this worker alone already has a queue's worth outstanding."""
