@@ -5,11 +5,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import itertools
 import logging
-import os
 import re
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -38,13 +35,13 @@ from service.errors import (
 from service.grpc.server import GrpcServer
 from service.lifecycle import Lifecycle, every
 from service.metrics import Metrics, exposition
+from service.overload import Refusals
 from service.registry import RuntimeLoader
 from service.runtimes import load_runtime
 from service.settings import Settings
 
 log = logging.getLogger("tandem.app")
 TORCHSERVE_PREFIXES = ("/ping", "/predictions", "/models")
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def create_app(
@@ -96,6 +93,7 @@ def create_app(
     if settings.otel:
         _enable_tracing()
     app.state.lifecycle = Lifecycle(settings, background_load=background_load)
+    app.state.refusals = Refusals()
     for router in _routers():
         app.include_router(router)
     app.add_api_route("/metrics", _metrics, methods=["GET"])
@@ -241,15 +239,14 @@ class FrontDoor:
         self.app = app
         self.access_log = access_log
         self.state = app.state  # so callers can reach app.state through the wrapper
-        self._prefix = f"{os.getpid():x}{secrets.token_hex(3)}-"
-        self._counter = itertools.count(1)
+        self.request_ids = logs.RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Route one ASGI connection event."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = self._request_id(scope)
+        request_id = self.request_ids.of(scope["headers"])
         scope["tandem.request_id"] = text_id = request_id.decode()
         logs.REQUEST_ID.set(text_id)  # this request's task only: every line it logs carries the id
         if self.access_log:
@@ -269,14 +266,6 @@ class FrontDoor:
                 await response(scope, receive, send_with_id)
                 return
         await self.app(scope, receive, send_with_id)
-
-    def _request_id(self, scope: Scope) -> bytes:
-        for key, value in scope["headers"]:
-            if key == b"x-request-id":
-                if REQUEST_ID.fullmatch(value.decode("latin-1")):
-                    return bytes(value)
-                break
-        return f"{self._prefix}{next(self._counter)}".encode()
 
 
 async def _serve(request: Request, endpoint: Endpoint, params: dict[str, str | None]) -> Response:

@@ -5,6 +5,9 @@ hold megabytes per connection. Here every byte of a request head is counted as i
 request target and each header are bounded (max_request_line_bytes -> 414, max_header_line_bytes -> 431), and a
 head must arrive within header_timeout_s of the connection or of its first byte (408), so idle or trickling
 connections cannot pile up. The keep-alive idle timeout is uvicorn's (keep_alive_timeout_s).
+
+A request whose path's model is known to be full is answered 503 from its head (service.overload), and the
+connection is then held unread until that model has room.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from uvicorn.server import ServerState
 
 from service.codec import dumps
 from service.lifecycle import Lifecycle
+from service.logs import RequestIds
+from service.overload import HOLD_S, Refusal, Refusals
 from service.settings import Settings
 
 log = logging.getLogger("tandem.http")
@@ -35,6 +40,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     settings: ClassVar[Settings]
     lifecycle: ClassVar[Lifecycle]
+    refusals: ClassVar[Refusals]
+    request_ids: ClassVar[RequestIds]
 
     def __init__(
         self,
@@ -49,6 +56,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._head_tail = b""  # the last bytes of the head so far, to find a blank line split across chunks
         self._head_timer: TimerHandle | None = None
         self._refusal: tuple[int, str] | None = None
+        self._early: Refusal | None = None  # this request is refused from its head: its body is discarded
+        self._held: TimerHandle | None = None  # not read until the refusing model has room (or this fires)
 
     # ----- connection events ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -59,6 +68,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Stop the head clock along with the connection; a drain may be waiting for it."""
         self._stop_head_timer()
+        self._stop_holding()
         super().connection_lost(exc)
         if self.lifecycle.draining:
             self.lifecycle.notify()
@@ -121,14 +131,70 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         """The head is in: stop its clock; while draining, the response will close the connection."""
         self._in_head, self._head_bytes, self._head_tail = False, 0, b""
         self._stop_head_timer()
+        if self.refusals.paths and not self.expect_100_continue and not self.busy:
+            self._early = self.refusals.check(self.parser.get_method(), self.url)
+            if self._early is not None:
+                return
         super().on_headers_complete()
         if self.lifecycle.draining and self.cycle is not None:
             self.cycle.keep_alive = False
 
+    def on_body(self, body: bytes) -> None:
+        """Body bytes go to the request, unless it was refused from its head."""
+        if self._early is None:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
         """The body is in: bytes from here on belong to the next request's head."""
-        super().on_message_complete()
         self._in_head = True
+        if self._early is not None:
+            self._answer_early(self._early)
+            self._early = None
+            return
+        super().on_message_complete()
+
+    # ----- overload ---------------------------------------------------------------------------------
+    def _answer_early(self, refusal: Refusal) -> None:
+        """Answer 503 for a full model; then hold the connection unread until that model has room."""
+        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        keep_alive = keep_alive and not self.lifecycle.draining
+        head = [STATUS_LINE[503]]
+        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head += [f"{name}: {value}\r\n".encode("latin-1") for name, value in refusal.headers.items()]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: " + str(len(refusal.body)).encode() + b"\r\n",
+            b"x-request-id: " + self.request_ids.of(self.headers) + b"\r\n",
+            b"\r\n" if keep_alive else b"connection: close\r\n\r\n",
+        ]
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.transport.write(b"".join(head) + refusal.body)
+        if not keep_alive:
+            self.transport.close()
+            return
+        # The client's next request waits in its socket (no keep-alive clock meanwhile: it may be there already).
+        self.flow.pause_reading()
+        self._held = self.loop.call_later(HOLD_S, self._resume)
+        self.refusals.hold(refusal.model, self._resume)
+
+    def _resume(self) -> bool:
+        """Read the held connection again; False if it was not held any more."""
+        if self._held is None:
+            return False
+        self._stop_holding()
+        if self.transport.is_closing():
+            return False
+        self.flow.resume_reading()
+        self._unset_keepalive_if_required()
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        return True
+
+    def _stop_holding(self) -> None:
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
 
     # ----- draining ---------------------------------------------------------------------------------
     def close_after_response(self) -> None:
@@ -140,6 +206,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         """
         if self.busy:
             self.cycle.keep_alive = False
+        self._resume()  # a held connection's next request is read, and answered with Connection: close
 
     @property
     def busy(self) -> bool:
@@ -196,11 +263,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._refuse(408, f"request head not received within header_timeout_s={self.settings.header_timeout_s:g}")
 
 
-def protocol_class(settings: Settings, lifecycle: Lifecycle) -> type[BoundedHttpProtocol]:
-    """The connection class uvicorn instantiates, bound to this server's settings and lifecycle."""
+def protocol_class(
+    settings: Settings, lifecycle: Lifecycle, refusals: Refusals, request_ids: RequestIds
+) -> type[BoundedHttpProtocol]:
+    """The connection class uvicorn instantiates, bound to this server's settings, lifecycle and overload state."""
 
     class TandemHttpProtocol(BoundedHttpProtocol):
         pass
 
     TandemHttpProtocol.settings, TandemHttpProtocol.lifecycle = settings, lifecycle
+    TandemHttpProtocol.refusals, TandemHttpProtocol.request_ids = refusals, request_ids
     return TandemHttpProtocol

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
 import os
+import re
+import secrets
 import sys
 import time
 from datetime import UTC, datetime
@@ -20,6 +23,24 @@ REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("tandem_
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s: %(message)s"
 access_logger = logging.getLogger("tandem.access")
+VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestIds:
+    """Each request's id: the client's X-Request-Id when it is a sane token, else one unique to this process."""
+
+    def __init__(self) -> None:
+        self._prefix = f"{os.getpid():x}{secrets.token_hex(3)}-"
+        self._counter = itertools.count(1)
+
+    def of(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """The id for a request with these (lower-cased) headers."""
+        for key, value in headers:
+            if key == b"x-request-id":
+                if VALID_REQUEST_ID.fullmatch(value.decode("latin-1")):
+                    return bytes(value)
+                break
+        return f"{self._prefix}{next(self._counter)}".encode()
 
 
 class RequestIdFilter(logging.Filter):

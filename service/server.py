@@ -103,7 +103,7 @@ def run(app: FrontDoor, settings: Settings) -> None:
         app,
         host=settings.host,
         port=settings.port,
-        http=protocol_class(settings, lifecycle),
+        http=protocol_class(settings, lifecycle, app.state.refusals, app.request_ids),
         ws="none",
         lifespan="on",
         log_level=settings.log_level,

@@ -24,9 +24,11 @@ from service.api.http import (
     read_body,
     settings,
 )
-from service.errors import ModelNotFoundError, ServiceError
+from service.engine import Engine
+from service.errors import ModelNotFoundError, QueueFullError, ServiceError
 from service.inference import InferRequest, InferResponse, validate
 from service.model import ModelInfo
+from service.overload import Refusals
 
 # decode(body, headers, model, max_body_bytes) -> the request and what the encoder needs to answer it
 Decode = Callable[[bytes, Mapping[str, str], ModelInfo, int], tuple[InferRequest, Any]]
@@ -66,17 +68,19 @@ async def infer(
     call.bind(model.name, model.version)
     if not model.ready:
         raise not_ready(model)
-    model.admit()
-    model.admitting += 1
+    refusals: Refusals = request.app.state.refusals
     try:
-        infer_request, reply = await _decoded(request, dialect, model)
+        model.admit()
+    except QueueFullError:  # from now on the connection refuses this path from the request head (overload.py)
+        if (raw_path := request.scope.get("raw_path")) is not None:
+            metrics, ts = request.app.state.metrics, dialect.name == "torchserve"
+            refusals.remember(raw_path, found, metrics, dialect.name, (name, version, label), ts)
+        raise
+    try:
+        response, reply = await _queued(request, found, dialect, model, version is not None or label is not None, marks)
     finally:
-        model.admitting -= 1
-    if marks is not None:
-        marks.append(time.time_ns())
-    infer_request.pinned = version is not None or label is not None
-    infer_request.deadline = deadline(request, model.limits, infer_request.parameters.get("timeout"))
-    response = await found.infer(infer_request, disconnected(request.receive))
+        if refusals.holding:
+            refusals.release(model.name)
     if marks is not None:
         marks.append(time.time_ns())
     call.bind(response.model, response.version)
@@ -87,6 +91,22 @@ async def infer(
         marks.append(time.time_ns())
         tracing.record(request.headers, _span_attributes(request, call), marks, response)
     return answer
+
+
+async def _queued(
+    request: Request, found: Engine, dialect: Dialect, model: ModelInfo, pinned: bool, marks: list[int] | None
+) -> tuple[InferResponse, Any]:
+    """Read and decode an admitted request, queue it and wait for its batch: its answer and what encode needs."""
+    model.admitting += 1
+    try:
+        infer_request, reply = await _decoded(request, dialect, model)
+    finally:
+        model.admitting -= 1
+    if marks is not None:
+        marks.append(time.time_ns())
+    infer_request.pinned = pinned
+    infer_request.deadline = deadline(request, model.limits, infer_request.parameters.get("timeout"))
+    return await found.infer(infer_request, disconnected(request.receive)), reply
 
 
 def _span_attributes(request: Request, call: Call) -> dict[str, str]:

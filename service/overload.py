@@ -1,0 +1,115 @@
+"""Overload: refuse requests to a full model from the request head alone, and hold back the clients refused.
+
+When a model's queue is full, the inference route refuses with 503 before the body is read. That still costs a
+request's HTTP handling, and under a flood of clients the refusals alone fill the core and starve the runtime.
+So the first refusal for a request path is remembered here, and from then on the HTTP connection
+(service.http_protocol) checks that path as soon as the request head is in: while the model is still full it
+answers the same 503 itself (no routing, no ASGI task, the body discarded unread), and then stops reading that
+connection until a request to the model completes (or HOLD_S passes). A client that keeps sending to a full
+model therefore waits its turn in its own socket buffer instead of spinning on refusals, and the server spends
+its CPU on the requests it can serve. A path is forgotten once its model has had room for FORGET_S.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from service.codec import dumps
+from service.errors import QueueFullError, ServiceError, error_body_torchserve, error_body_v2
+
+if TYPE_CHECKING:
+    from service.engine import Engine
+    from service.metrics import Metrics
+
+HOLD_S = 1.0  # the longest a refused connection goes unread when no request to its model completes
+FORGET_S = 1.0  # a remembered path is dropped once its model has had room this long
+MAX_PATHS = 256  # remembered paths; past this they are all forgotten (paths come from clients)
+
+
+@dataclass(slots=True)
+class _Path:
+    """What the first refusal on a path knew: how to find the model again, and how to count and word a refusal."""
+
+    engine: Engine
+    metrics: Metrics
+    dialect: str
+    name: str
+    version: int | None
+    label: str | None
+    torchserve: bool
+    refused_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A 503 answered from the head: the model it names, its JSON body and extra headers."""
+
+    model: str
+    body: bytes
+    headers: dict[str, str]
+
+
+class Refusals:
+    """The paths whose model was full, and the connections held back until their model has room."""
+
+    def __init__(self) -> None:
+        self.paths: dict[bytes, _Path] = {}
+        self.holding = 0  # connections held back, over all models
+        self._held: dict[str, deque[Callable[[], bool]]] = {}
+
+    def remember(
+        self,
+        raw_path: bytes,
+        engine: Engine,
+        metrics: Metrics,
+        dialect: str,
+        model: tuple[str, int | None, str | None],
+        torchserve: bool,
+    ) -> None:
+        """The inference route refused a request on `raw_path` because `model` (name, version, label) was full."""
+        if len(self.paths) >= MAX_PATHS:
+            self.paths.clear()
+        name, version, label = model
+        self.paths[raw_path] = _Path(engine, metrics, dialect, name, version, label, torchserve, time.monotonic())
+
+    def check(self, method: bytes, target: bytes) -> Refusal | None:
+        """The 503 for a request head whose path's model is full now, counted as the route would; else None."""
+        if method != b"POST":
+            return None
+        raw_path = target.partition(b"?")[0]
+        entry = self.paths.get(raw_path)
+        if entry is None:
+            return None
+        try:
+            model = entry.engine.get(entry.name, entry.version, entry.label)
+            if not model.ready:
+                return None
+            model.admit()
+        except QueueFullError as err:
+            entry.refused_at = time.monotonic()
+            entry.metrics.observe_request(entry.dialect, model.name, str(model.version), 503, err.outcome, None)
+            body = error_body_torchserve(err) if entry.torchserve else error_body_v2(err)
+            return Refusal(model.name, dumps(body), err.headers)
+        except ServiceError:  # gone, or not found now: the route answers it
+            self.paths.pop(raw_path, None)
+            return None
+        if time.monotonic() - entry.refused_at > FORGET_S:
+            self.paths.pop(raw_path, None)
+        return None
+
+    def hold(self, model: str, resume: Callable[[], bool]) -> None:
+        """Keep a refused connection unread until release(model); `resume` returns False if it no longer waits."""
+        self._held.setdefault(model, deque()).append(resume)
+        self.holding += 1
+
+    def release(self, model: str) -> None:
+        """A request to `model` completed: let the connection held longest for it be read again."""
+        waiting = self._held.get(model)
+        while waiting:
+            self.holding -= 1
+            if waiting.popleft()():
+                return
