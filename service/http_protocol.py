@@ -24,7 +24,7 @@ from uvicorn.server import ServerState
 from service.codec import dumps
 from service.lifecycle import Lifecycle
 from service.logs import RequestIds
-from service.overload import HOLD_S, Refusal, Refusals
+from service.overload import HOLD_S, RESERVED, Refusal, Refusals, Reservation
 from service.settings import Settings
 
 log = logging.getLogger("tandem.http")
@@ -58,6 +58,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._refusal: tuple[int, str] | None = None
         self._early: Refusal | None = None  # this request is refused from its head: its body is discarded
         self._held: TimerHandle | None = None  # not read until the refusing model has room (or this fires)
+        self._reserved: Reservation | None = None  # the place this request's head took in its model's queue
 
     # ----- connection events ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -69,12 +70,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         """Stop the head clock along with the connection; a drain may be waiting for it."""
         self._stop_head_timer()
         self._stop_holding()
+        self._end_reservation()
         super().connection_lost(exc)
         if self.lifecycle.draining:
             self.lifecycle.notify()
 
     def on_response_complete(self) -> None:
         """A response went out; a drain may be waiting for it."""
+        self._end_reservation()
         super().on_response_complete()
         if self.lifecycle.draining:
             self.lifecycle.notify()
@@ -132,8 +135,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._in_head, self._head_bytes, self._head_tail = False, 0, b""
         self._stop_head_timer()
         if self.refusals.paths and not self.expect_100_continue and not self.busy:
-            self._early = self.refusals.check(self.parser.get_method(), self.url)
-            if self._early is not None:
+            checked = self.refusals.check(self.parser.get_method(), self.url)
+            if isinstance(checked, Reservation):
+                self._end_reservation()
+                self._reserved = self.scope[RESERVED] = checked  # type: ignore[literal-required]
+            elif checked is not None:
+                self._early = checked
                 return
         super().on_headers_complete()
         if self.lifecycle.draining and self.cycle is not None:
@@ -190,6 +197,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
         return True
+
+    def _end_reservation(self) -> None:
+        if self._reserved is not None:
+            self._reserved.end()
+            self._reserved = None
 
     def _stop_holding(self) -> None:
         if self._held is not None:

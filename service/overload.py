@@ -7,7 +7,9 @@ So the first refusal for a request path is remembered here, and from then on the
 answers the same 503 itself (no routing, no ASGI task, the body discarded unread), and then stops reading that
 connection until a request to the model completes (or HOLD_S passes). A client that keeps sending to a full
 model therefore waits its turn in its own socket buffer instead of spinning on refusals, and the server spends
-its CPU on the requests it can serve. A path is forgotten once its model has had room for FORGET_S.
+its CPU on the requests it can serve. A request whose head finds room reserves its place (counted with
+the requests being decoded) until the route takes it over, so a burst of heads read together cannot all pass.
+A path is forgotten once its model has had room for FORGET_S.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from service.errors import QueueFullError, ServiceError, error_body_torchserve, 
 if TYPE_CHECKING:
     from service.engine import Engine
     from service.metrics import Metrics
+    from service.model import ModelInfo
 
 HOLD_S = 1.0  # the longest a refused connection goes unread when no request to its model completes
 FORGET_S = 1.0  # a remembered path is dropped once its model has had room this long
 MAX_PATHS = 256  # remembered paths; past this they are all forgotten (paths come from clients)
+RESERVED = "tandem.reserved"  # the scope key of a request's Reservation
 
 
 @dataclass(slots=True)
@@ -42,6 +46,22 @@ class _Path:
     label: str | None
     torchserve: bool
     refused_at: float
+
+
+class Reservation:
+    """A request whose head found room: its place counts as being decoded until the route takes it over."""
+
+    __slots__ = ("active", "model")
+
+    def __init__(self, model: ModelInfo) -> None:
+        self.model, self.active = model, True
+        model.admitting += 1
+
+    def end(self) -> None:
+        """The route admits the request itself now (or it ended before that): give the place back once."""
+        if self.active:
+            self.active = False
+            self.model.admitting -= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +96,9 @@ class Refusals:
         name, version, label = model
         self.paths[raw_path] = _Path(engine, metrics, dialect, name, version, label, torchserve, time.monotonic())
 
-    def check(self, method: bytes, target: bytes) -> Refusal | None:
-        """The 503 for a request head whose path's model is full now, counted as the route would; else None."""
+    def check(self, method: bytes, target: bytes) -> Refusal | Reservation | None:
+        """For a request head on a remembered path: the 503 if its model is full now, counted as the route would;
+        else a reservation of its place, so that requests whose heads arrive together cannot all pass."""
         if method != b"POST":
             return None
         raw_path = target.partition(b"?")[0]
@@ -99,7 +120,7 @@ class Refusals:
             return None
         if time.monotonic() - entry.refused_at > FORGET_S:
             self.paths.pop(raw_path, None)
-        return None
+        return Reservation(model)
 
     def hold(self, model: str, resume: Callable[[], bool]) -> None:
         """Keep a refused connection unread until release(model); `resume` returns False if it no longer waits."""

@@ -28,7 +28,7 @@ from service.engine import Engine
 from service.errors import ModelNotFoundError, QueueFullError, ServiceError
 from service.inference import InferRequest, InferResponse, validate
 from service.model import ModelInfo
-from service.overload import Refusals
+from service.overload import RESERVED, Refusals
 
 # decode(body, headers, model, max_body_bytes) -> the request and what the encoder needs to answer it
 Decode = Callable[[bytes, Mapping[str, str], ModelInfo, int], tuple[InferRequest, Any]]
@@ -55,6 +55,8 @@ async def infer(
     `version` is the path's text (checked here) or a number the dialect already parsed; None means the default.
     """
     call = begin(request, dialect.name)
+    if (reserved := request.scope.get(RESERVED)) is not None:
+        reserved.end()  # the connection held this request's place since its head; admit() below decides now
     marks = [time.time_ns()] if tracing.ENABLED else None  # span instants, only when traces are on
     if isinstance(version, str) or version is None:
         version = parse_version(version, check_name(name))
