@@ -184,7 +184,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         # The client's next request waits in its socket (no keep-alive clock meanwhile: it may be there already).
         self.flow.pause_reading()
         self._held = self.loop.call_later(HOLD_S, self._resume)
-        self.refusals.hold(refusal.model, self._resume)
+        self.refusals.hold(refusal, self._resume)
 
     def _resume(self) -> bool:
         """Read the held connection again; False if it was not held any more."""

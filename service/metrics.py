@@ -91,6 +91,13 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.held_connections = Counter(
+            "tandem_held_connections",
+            "Connections answered 503 from the request head for a full queue, then left unread until the model "
+            "had room (overload).",
+            ("model",),
+            registry=registry,
+        )
         self.request_body_bytes = Histogram(
             "tandem_request_body_bytes",
             "Decoded request body size.",

@@ -71,6 +71,7 @@ class Refusal:
     model: str
     body: bytes
     headers: dict[str, str]
+    metrics: Metrics  # the process's metrics, to count the connection if it is held
 
 
 class Refusals:
@@ -114,7 +115,7 @@ class Refusals:
             entry.refused_at = time.monotonic()
             entry.metrics.observe_request(entry.dialect, model.name, str(model.version), 503, err.outcome, None)
             body = error_body_torchserve(err) if entry.torchserve else error_body_v2(err)
-            return Refusal(model.name, dumps(body), err.headers)
+            return Refusal(model.name, dumps(body), err.headers, entry.metrics)
         except ServiceError:  # gone, or not found now: the route answers it
             self.paths.pop(raw_path, None)
             return None
@@ -122,10 +123,11 @@ class Refusals:
             self.paths.pop(raw_path, None)
         return Reservation(model)
 
-    def hold(self, model: str, resume: Callable[[], bool]) -> None:
+    def hold(self, refusal: Refusal, resume: Callable[[], bool]) -> None:
         """Keep a refused connection unread until release(model); `resume` returns False if it no longer waits."""
-        self._held.setdefault(model, deque()).append(resume)
+        self._held.setdefault(refusal.model, deque()).append(resume)
         self.holding += 1
+        refusal.metrics.held_connections.labels(refusal.model).inc()
 
     def release(self, model: str) -> None:
         """A request to `model` completed: let the connection held longest for it be read again."""
