@@ -22,6 +22,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from service.codec import dumps
+from service.http_transport import OneWrite
 from service.lifecycle import Lifecycle
 from service.logs import RequestIds
 from service.overload import HOLD_S, RESERVED, Refusal, Refusals, Reservation
@@ -143,8 +144,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 self._early = checked
                 return
         super().on_headers_complete()
-        if self.lifecycle.draining and self.cycle is not None:
-            self.cycle.keep_alive = False
+        if self.cycle is not None:
+            if self.lifecycle.draining:
+                self.cycle.keep_alive = False
+            if not self.expect_100_continue and self.scope["method"] != "HEAD":
+                self.cycle.transport = OneWrite(self.transport)  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         """Body bytes go to the request, unless it was refused from its head."""

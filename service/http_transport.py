@@ -1,0 +1,44 @@
+"""A response's transport that sends its head and body together."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+class OneWrite:
+    """A response's transport that holds the head until the body's first bytes, so both leave in one send.
+
+    uvicorn writes a response's head and body separately: two system calls and two TCP segments per response.
+    Not used for HEAD requests (no body is written) nor after `Expect: 100-continue` (the interim answer must go
+    at once).
+    """
+
+    __slots__ = ("_head", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        """The first write (the head) is held; the next goes out with it."""
+        if self._head is None:
+            self._head = data
+            return
+        if self._head:
+            data, self._head = self._head + data, b""
+        self._transport.write(data)
+
+    def close(self) -> None:
+        """Send a held head, then close."""
+        if self._head:
+            self._transport.write(self._head)
+            self._head = b""
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        """Whether the connection is closing."""
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
