@@ -21,6 +21,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from service.api.http import CALL_KEY, Call
 from service.codec import dumps
 from service.http_transport import OneWrite
 from service.lifecycle import Lifecycle
@@ -60,6 +61,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._early: Refusal | None = None  # this request is refused from its head: its body is discarded
         self._held: TimerHandle | None = None  # not read until the refusing model has room (or this fires)
         self._reserved: Reservation | None = None  # the place this request's head took in its model's queue
+        self._promised: str | None = None  # let go by this model's line; its next request is not in yet
 
     # ----- connection events ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -72,16 +74,21 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._stop_head_timer()
         self._stop_holding()
         self._end_reservation()
+        self._arrived()
         super().connection_lost(exc)
         if self.lifecycle.draining:
             self.lifecycle.notify()
 
     def on_response_complete(self) -> None:
-        """A response went out; a drain may be waiting for it."""
+        """A response went out; a drain may be waiting for it. Under overload, the connection may wait in line."""
         self._end_reservation()
         super().on_response_complete()
         if self.lifecycle.draining:
             self.lifecycle.notify()
+        elif self.refusals.holding and not self.pipeline and not self.transport.is_closing():
+            call: Call | None = self.cycle.scope.get(CALL_KEY) if self.cycle is not None else None  # type: ignore[assignment]
+            if call is not None and self.refusals.waiting(call.model):
+                self._hold(call.model)  # connections wait for this model: join the back of their line
 
     def data_received(self, data: bytes) -> None:
         """Count head bytes before the parser buffers them; refuse a head past max_header_bytes."""
@@ -135,6 +142,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         """The head is in: stop its clock; while draining, the response will close the connection."""
         self._in_head, self._head_bytes, self._head_tail = False, 0, b""
         self._stop_head_timer()
+        self._arrived()
         if self.refusals.paths and not self.expect_100_continue and not self.busy:
             checked = self.refusals.check(self.parser.get_method(), self.url)
             if isinstance(checked, Reservation):
@@ -185,10 +193,24 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if not keep_alive:
             self.transport.close()
             return
-        # The client's next request waits in its socket (no keep-alive clock meanwhile: it may be there already).
+        self._hold(refusal.model)
+
+    def _hold(self, model: str) -> None:
+        """Leave the connection unread until a request to `model` completes, at most HOLD_S.
+
+        The client's next request waits in its socket meanwhile (no keep-alive clock: it may be there already).
+        """
+        self._unset_keepalive_if_required()
         self.flow.pause_reading()
         self._held = self.loop.call_later(HOLD_S, self._resume)
-        self.refusals.hold(refusal, self._resume)
+
+        def let_go() -> bool:
+            if not self._resume():
+                return False
+            self._promised = model  # counted against the model's room until the next request arrives
+            return True
+
+        self.refusals.hold(model, let_go)
 
     def _resume(self) -> bool:
         """Read the held connection again; False if it was not held any more."""
@@ -201,6 +223,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
         return True
+
+    def _arrived(self) -> None:
+        if self._promised is not None:
+            self.refusals.arrived(self._promised)
+            self._promised = None
 
     def _end_reservation(self) -> None:
         if self._reserved is not None:

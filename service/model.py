@@ -137,6 +137,14 @@ class ModelInfo(Protocol):
         """Refuse (503) before the body is read when the queue is full."""
         ...
 
+    @property
+    def room(self) -> int:
+        """How many more requests admit() would let in now."""
+        ...
+
+
+UNBOUNDED = 1 << 30  # room() of a version with no queue to fill
+
 
 class VersionNaming:
     """What every view of a model version derives from its name, version and state."""
@@ -212,13 +220,19 @@ class LoadedModel(VersionNaming):
 
         Refusing is then nearly free, so an overloaded model keeps its CPU for the requests it can serve.
         """
-        if self.batcher is None or self.limits is None:
-            return
-        limit = self.limits.max_queue_size
-        if self.batcher.queue_depth + self.admitting >= limit:
+        if self.room <= 0:
+            assert self.limits is not None
+            limit = self.limits.max_queue_size
             self.stats.request_finished(False, time.perf_counter_ns())
             message = f"{self.label}: queue is full ({limit} requests waiting)"
-            raise QueueFullError(message, retry_after_s=self.batcher.retry_after_s())
+            raise QueueFullError(message, retry_after_s=self.batcher.retry_after_s() if self.batcher else 1)
+
+    @property
+    def room(self) -> int:
+        """How many more requests admit() lets in now: the queue's free places, less those being decoded."""
+        if self.batcher is None or self.limits is None:
+            return UNBOUNDED
+        return self.limits.max_queue_size - self.batcher.queue_depth - self.admitting
 
 
 Version = TypeVar("Version", bound="ModelInfo")

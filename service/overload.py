@@ -5,7 +5,9 @@ request's HTTP handling, and under a flood of clients the refusals alone fill th
 So the first refusal for a request path is remembered here, and from then on the HTTP connection
 (service.http_protocol) checks that path as soon as the request head is in: while the model is still full it
 answers the same 503 itself (no routing, no ASGI task, the body discarded unread), and then stops reading that
-connection until a request to the model completes (or HOLD_S passes). A client that keeps sending to a full
+connection until the model has room (or HOLD_S passes). While connections wait for a model, one that
+the model just answered joins the back of their line before its next request is read, and each completed
+request lets in as many of the longest-waiting ones as the model has room for. A client that keeps sending to a full
 model therefore waits its turn in its own socket buffer instead of spinning on refusals, and the server spends
 its CPU on the requests it can serve. A request whose head finds room reserves its place (counted with
 the requests being decoded) until the route takes it over, so a burst of heads read together cannot all pass.
@@ -71,7 +73,6 @@ class Refusal:
     model: str
     body: bytes
     headers: dict[str, str]
-    metrics: Metrics  # the process's metrics, to count the connection if it is held
 
 
 class Refusals:
@@ -80,6 +81,8 @@ class Refusals:
     def __init__(self) -> None:
         self.paths: dict[bytes, _Path] = {}
         self.holding = 0  # connections held back, over all models
+        self._metrics: Metrics | None = None
+        self._promised: dict[str, int] = {}  # per model: connections let go whose next request is not in yet
         self._held: dict[str, deque[Callable[[], bool]]] = {}
 
     def remember(
@@ -95,6 +98,7 @@ class Refusals:
         if len(self.paths) >= MAX_PATHS:
             self.paths.clear()
         name, version, label = model
+        self._metrics = metrics
         self.paths[raw_path] = _Path(engine, metrics, dialect, name, version, label, torchserve, time.monotonic())
 
     def check(self, method: bytes, target: bytes) -> Refusal | Reservation | None:
@@ -115,7 +119,7 @@ class Refusals:
             entry.refused_at = time.monotonic()
             entry.metrics.observe_request(entry.dialect, model.name, str(model.version), 503, err.outcome, None)
             body = error_body_torchserve(err) if entry.torchserve else error_body_v2(err)
-            return Refusal(model.name, dumps(body), err.headers, entry.metrics)
+            return Refusal(model.name, dumps(body), err.headers)
         except ServiceError:  # gone, or not found now: the route answers it
             self.paths.pop(raw_path, None)
             return None
@@ -123,16 +127,32 @@ class Refusals:
             self.paths.pop(raw_path, None)
         return Reservation(model)
 
-    def hold(self, refusal: Refusal, resume: Callable[[], bool]) -> None:
-        """Keep a refused connection unread until release(model); `resume` returns False if it no longer waits."""
-        self._held.setdefault(refusal.model, deque()).append(resume)
+    def hold(self, model: str, resume: Callable[[], bool]) -> None:
+        """Keep a connection unread until release() lets it go; `resume` returns False if it no longer waits."""
+        self._held.setdefault(model, deque()).append(resume)
         self.holding += 1
-        refusal.metrics.held_connections.labels(refusal.model).inc()
+        if self._metrics is not None:
+            self._metrics.held_connections.labels(model).inc()
 
-    def release(self, model: str) -> None:
-        """A request to `model` completed: let the connection held longest for it be read again."""
-        waiting = self._held.get(model)
-        while waiting:
+    def waiting(self, model: str) -> bool:
+        """Whether connections wait for `model` to have room."""
+        return bool(self._held.get(model))
+
+    def release(self, model: ModelInfo) -> None:
+        """A request to `model` completed: let as many held connections be read as it has room for, oldest first.
+
+        Connections let go whose next request has not arrived yet count against the room (see arrived()).
+        """
+        waiting = self._held.get(model.name)
+        if not waiting:
+            return
+        room = model.room - self._promised.get(model.name, 0)
+        while waiting and room > 0:
             self.holding -= 1
             if waiting.popleft()():
-                return
+                room -= 1
+                self._promised[model.name] = self._promised.get(model.name, 0) + 1
+
+    def arrived(self, model: str) -> None:
+        """A connection release() let go sent its next request (or closed): it no longer counts against the room."""
+        self._promised[model] -= 1

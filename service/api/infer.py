@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -81,8 +82,8 @@ async def infer(
     try:
         response, reply = await _queued(request, found, dialect, model, version is not None or label is not None, marks)
     finally:
-        if refusals.holding:
-            refusals.release(model.name)
+        if refusals.holding:  # after the batcher has taken its next batch off the queue (it runs first)
+            asyncio.get_running_loop().call_soon(refusals.release, model)
     if marks is not None:
         marks.append(time.time_ns())
     call.bind(response.model, response.version)

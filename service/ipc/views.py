@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import QueueFullError
-from service.model import Limits, ModelInfo, ModelState, VersionNaming
+from service.model import UNBOUNDED, Limits, ModelInfo, ModelState, VersionNaming
 from service.repository import ModelConfig
 from service.tensors import TensorSpec
 
@@ -50,9 +50,15 @@ class ModelView(VersionNaming):
 
     def admit(self) -> None:
         """Refuse before the body is read when this worker alone already has a queue's worth outstanding."""
-        limit = self.limits.max_queue_size if self.limits else 0
-        if limit and self.inflight + self.admitting >= limit:
+        if self.room <= 0:
+            limit = self.limits.max_queue_size if self.limits else 0
             raise QueueFullError(f"{self.label}: queue is full ({limit} requests waiting)")
+
+    @property
+    def room(self) -> int:
+        """How many more requests admit() lets in now: a queue's worth, less this worker's outstanding ones."""
+        limit = self.limits.max_queue_size if self.limits else 0
+        return limit - self.inflight - self.admitting if limit else UNBOUNDED
 
 
 def describe(model: ModelInfo, dynamic: bool) -> dict[str, Any]:
