@@ -82,13 +82,20 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         """A response went out; a drain may be waiting for it. Under overload, the connection may wait in line."""
         self._end_reservation()
-        super().on_response_complete()
+        model = self._line_to_join()
+        if model is None:
+            super().on_response_complete()
+        else:  # connections wait for the model that just answered: join the back of their line, unread
+            self.server_state.total_requests += 1
+            self._hold(model)
         if self.lifecycle.draining:
             self.lifecycle.notify()
-        elif self.refusals.holding and not self.pipeline and not self.transport.is_closing():
-            call: Call | None = self.cycle.scope.get(CALL_KEY) if self.cycle is not None else None  # type: ignore[assignment]
-            if call is not None and self.refusals.waiting(call.model):
-                self._hold(call.model)  # connections wait for this model: join the back of their line
+
+    def _line_to_join(self) -> str | None:
+        if not self.refusals.holding or self.pipeline or self.lifecycle.draining or self.transport.is_closing():
+            return None
+        call: Call | None = self.cycle.scope.get(CALL_KEY) if self.cycle is not None else None  # type: ignore[assignment]
+        return call.model if call is not None and self.refusals.waiting(call.model) else None
 
     def data_received(self, data: bytes) -> None:
         """Count head bytes before the parser buffers them; refuse a head past max_header_bytes."""

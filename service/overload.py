@@ -26,6 +26,8 @@ from service.codec import dumps
 from service.errors import QueueFullError, ServiceError, error_body_torchserve, error_body_v2
 
 if TYPE_CHECKING:
+    from prometheus_client import Counter
+
     from service.engine import Engine
     from service.metrics import Metrics
     from service.model import ModelInfo
@@ -82,6 +84,7 @@ class Refusals:
         self.paths: dict[bytes, _Path] = {}
         self.holding = 0  # connections held back, over all models
         self._metrics: Metrics | None = None
+        self._counters: dict[str, Counter] = {}  # held_connections per model
         self._promised: dict[str, int] = {}  # per model: connections let go whose next request is not in yet
         self._held: dict[str, deque[Callable[[], bool]]] = {}
 
@@ -131,8 +134,11 @@ class Refusals:
         """Keep a connection unread until release() lets it go; `resume` returns False if it no longer waits."""
         self._held.setdefault(model, deque()).append(resume)
         self.holding += 1
-        if self._metrics is not None:
-            self._metrics.held_connections.labels(model).inc()
+        counter = self._counters.get(model)
+        if counter is None and self._metrics is not None:
+            counter = self._counters[model] = self._metrics.held_connections.labels(model)
+        if counter is not None:
+            counter.inc()
 
     def waiting(self, model: str) -> bool:
         """Whether connections wait for `model` to have room."""
