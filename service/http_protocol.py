@@ -6,8 +6,7 @@ request target and each header are bounded (max_request_line_bytes -> 414, max_h
 head must arrive within header_timeout_s of the connection or of its first byte (408), so idle or trickling
 connections cannot pile up. The keep-alive idle timeout is uvicorn's (keep_alive_timeout_s).
 
-A request whose path's model is known to be full is answered 503 from its head (service.overload), and the
-connection is then held unread until that model has room.
+Under overload, connections wait in line for their model unread (service.http_overload).
 """
 
 from __future__ import annotations
@@ -18,15 +17,15 @@ from asyncio import TimerHandle
 from typing import Any, ClassVar
 
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 from uvicorn.server import ServerState
 
-from service.api.http import CALL_KEY, Call
 from service.codec import dumps
+from service.http_overload import OverloadProtocol
 from service.http_transport import OneWrite
 from service.lifecycle import Lifecycle
 from service.logs import RequestIds
-from service.overload import HOLD_S, RESERVED, Refusal, Refusals, Reservation
+from service.overload import Refusals
 from service.settings import Settings
 
 log = logging.getLogger("tandem.http")
@@ -37,13 +36,10 @@ class HeadRefused(Exception):
     """Raised inside a parser callback to stop parsing a request whose head breaks a limit."""
 
 
-class BoundedHttpProtocol(HttpToolsProtocol):
-    """One HTTP/1.1 connection; `protocol_class` binds the settings and the lifecycle."""
+class BoundedHttpProtocol(OverloadProtocol):
+    """One HTTP/1.1 connection; `protocol_class` binds the settings, the lifecycle and the overload state."""
 
     settings: ClassVar[Settings]
-    lifecycle: ClassVar[Lifecycle]
-    refusals: ClassVar[Refusals]
-    request_ids: ClassVar[RequestIds]
 
     def __init__(
         self,
@@ -58,10 +54,6 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._head_tail = b""  # the last bytes of the head so far, to find a blank line split across chunks
         self._head_timer: TimerHandle | None = None
         self._refusal: tuple[int, str] | None = None
-        self._early: Refusal | None = None  # this request is refused from its head: its body is discarded
-        self._held: TimerHandle | None = None  # not read until the refusing model has room (or this fires)
-        self._reserved: Reservation | None = None  # the place this request's head took in its model's queue
-        self._promised: str | None = None  # let go by this model's line; its next request is not in yet
 
     # ----- connection events ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -72,9 +64,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Stop the head clock along with the connection; a drain may be waiting for it."""
         self._stop_head_timer()
-        self._stop_holding()
-        self._end_reservation()
-        self._arrived()
+        self._overload_ended()
         super().connection_lost(exc)
         if self.lifecycle.draining:
             self.lifecycle.notify()
@@ -90,12 +80,6 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self._hold(model)
         if self.lifecycle.draining:
             self.lifecycle.notify()
-
-    def _line_to_join(self) -> str | None:
-        if not self.refusals.holding or self.pipeline or self.lifecycle.draining or self.transport.is_closing():
-            return None
-        call: Call | None = self.cycle.scope.get(CALL_KEY) if self.cycle is not None else None  # type: ignore[assignment]
-        return call.model if call is not None and self.refusals.waiting(call.model) else None
 
     def data_received(self, data: bytes) -> None:
         """Count head bytes before the parser buffers them; refuse a head past max_header_bytes."""
@@ -149,15 +133,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         """The head is in: stop its clock; while draining, the response will close the connection."""
         self._in_head, self._head_bytes, self._head_tail = False, 0, b""
         self._stop_head_timer()
-        self._arrived()
-        if self.refusals.paths and not self.expect_100_continue and not self.busy:
-            checked = self.refusals.check(self.parser.get_method(), self.url)
-            if isinstance(checked, Reservation):
-                self._end_reservation()
-                self._reserved = self.scope[RESERVED] = checked  # type: ignore[literal-required]
-            elif checked is not None:
-                self._early = checked
-                return
+        if self._refused_from_head():
+            return
         super().on_headers_complete()
         if self.cycle is not None:
             if self.lifecycle.draining:
@@ -179,73 +156,6 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             return
         super().on_message_complete()
 
-    # ----- overload ---------------------------------------------------------------------------------
-    def _answer_early(self, refusal: Refusal) -> None:
-        """Answer 503 for a full model; then hold the connection unread until that model has room."""
-        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
-        keep_alive = keep_alive and not self.lifecycle.draining
-        head = [STATUS_LINE[503]]
-        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
-        head += [f"{name}: {value}\r\n".encode("latin-1") for name, value in refusal.headers.items()]
-        head += [
-            b"content-type: application/json\r\n",
-            b"content-length: " + str(len(refusal.body)).encode() + b"\r\n",
-            b"x-request-id: " + self.request_ids.of(self.headers) + b"\r\n",
-            b"\r\n" if keep_alive else b"connection: close\r\n\r\n",
-        ]
-        self.server_state.total_requests += 1
-        if self.transport.is_closing():
-            return
-        self.transport.write(b"".join(head) + refusal.body)
-        if not keep_alive:
-            self.transport.close()
-            return
-        self._hold(refusal.model)
-
-    def _hold(self, model: str) -> None:
-        """Leave the connection unread until a request to `model` completes, at most HOLD_S.
-
-        The client's next request waits in its socket meanwhile (no keep-alive clock: it may be there already).
-        """
-        self._unset_keepalive_if_required()
-        self.flow.pause_reading()
-        self._held = self.loop.call_later(HOLD_S, self._resume)
-
-        def let_go() -> bool:
-            if not self._resume():
-                return False
-            self._promised = model  # counted against the model's room until the next request arrives
-            return True
-
-        self.refusals.hold(model, let_go)
-
-    def _resume(self) -> bool:
-        """Read the held connection again; False if it was not held any more."""
-        if self._held is None:
-            return False
-        self._stop_holding()
-        if self.transport.is_closing():
-            return False
-        self.flow.resume_reading()
-        self._unset_keepalive_if_required()
-        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
-        return True
-
-    def _arrived(self) -> None:
-        if self._promised is not None:
-            self.refusals.arrived(self._promised)
-            self._promised = None
-
-    def _end_reservation(self) -> None:
-        if self._reserved is not None:
-            self._reserved.end()
-            self._reserved = None
-
-    def _stop_holding(self) -> None:
-        if self._held is not None:
-            self._held.cancel()
-            self._held = None
-
     # ----- draining ---------------------------------------------------------------------------------
     def close_after_response(self) -> None:
         """Draining starts: the request in progress is answered with Connection: close, then the connection ends.
@@ -257,11 +167,6 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self.busy:
             self.cycle.keep_alive = False
         self._resume()  # a held connection's next request is read, and answered with Connection: close
-
-    @property
-    def busy(self) -> bool:
-        """A request is in progress (read, and not yet fully answered)."""
-        return self.cycle is not None and not self.cycle.response_complete
 
     def abort(self) -> None:
         """The drain is over: close now."""
