@@ -28,6 +28,7 @@ PROTOCOL_METRICS: dict[str, str] = {
 # Metrics added since that set; docs/metrics.md lists them with the rest.
 ADDED_METRICS: dict[str, str] = {
     "tandem_gpu_memory_budget_bytes": "gauge",  # model.json gpu_memory_mb budgets held per GPU
+    "tandem_held_connections_total": "counter",  # connections left unread in a model's line under overload
 }
 
 # docs/metrics.md's example PromQL over a 30 s window; docs/deployment.md quotes them with [5m].
