@@ -6,13 +6,10 @@ does with it. A held connection is not read: its client's next request waits in 
 
 from __future__ import annotations
 
-import asyncio
 from asyncio import TimerHandle
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-from uvicorn.server import ServerState
 
 from service.api.http import CALL_KEY, Call
 from service.lifecycle import Lifecycle
@@ -27,18 +24,11 @@ class OverloadProtocol(HttpToolsProtocol):
     refusals: ClassVar[Refusals]
     request_ids: ClassVar[RequestIds]
 
-    def __init__(
-        self,
-        config: Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self._early: Refusal | None = None  # this request is refused from its head: its body is discarded
-        self._held: TimerHandle | None = None  # not read until the refusing model has room (or this fires)
-        self._reserved: Reservation | None = None  # the place this request's head took in its model's queue
-        self._promised: str | None = None  # let go by this model's line; its next request is not in yet
+    # Per connection; these class-level defaults hold until a connection sets its own.
+    _early: Refusal | None = None  # this request is refused from its head: its body is discarded
+    _held: TimerHandle | None = None  # not read until the refusing model has room (or this fires)
+    _reserved: Reservation | None = None  # the place this request's head took in its model's queue
+    _promised: str | None = None  # let go by this model's line; its next request is not in yet
 
     @property
     def busy(self) -> bool:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.errors import BadRequestError, BatchTooLargeError
+from service.errors import BadRequestError, BatchTooLargeError, ServiceError
 from service.tensors import TensorSpec, datatype_of
+
+if TYPE_CHECKING:
+    from service.model import ModelInfo
 
 
 @dataclass(slots=True)
@@ -37,6 +41,19 @@ class InferResponse:
     queue_s: float = 0.0  # waiting for its batch to start
     compute_s: float = 0.0  # its batch's runtime call
     batch_id: int = 0  # which batch (the requests of one batch share it)
+
+
+def validate_for(request: InferRequest, model: ModelInfo) -> None:
+    """validate() against a model version's signature and batch limit; a refused request counts as failed.
+
+    Triton counts requests refused before queueing in the version's failure statistics, and so does tandem.
+    """
+    max_rows = model.limits.max_batch_size if model.limits else 0
+    try:
+        validate(request, model.inputs, model.outputs, max_rows, model.label)
+    except ServiceError:
+        model.stats.request_finished(False, time.perf_counter_ns())
+        raise
 
 
 def validate(

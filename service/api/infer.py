@@ -26,8 +26,8 @@ from service.api.http import (
     settings,
 )
 from service.engine import Engine
-from service.errors import ModelNotFoundError, QueueFullError, ServiceError
-from service.inference import InferRequest, InferResponse, validate
+from service.errors import ModelNotFoundError, QueueFullError
+from service.inference import InferRequest, InferResponse, validate_for
 from service.model import ModelInfo
 from service.overload import RESERVED, Refusals
 
@@ -129,10 +129,5 @@ async def _decoded(request: Request, dialect: Dialect, model: ModelInfo) -> tupl
     body = await read_body(request, max_bytes, decompress=dialect.decompress)
     request.app.state.metrics.observe_body(dialect.name, len(body))
     infer_request, reply = dialect.decode(body, request.headers, model, max_bytes)
-    max_rows = model.limits.max_batch_size if model.limits else 0
-    try:
-        validate(infer_request, model.inputs, model.outputs, max_rows, model.label)
-    except ServiceError:
-        model.stats.request_finished(False, time.perf_counter_ns())  # Triton counts refused requests as failed
-        raise
+    validate_for(infer_request, model)
     return infer_request, reply

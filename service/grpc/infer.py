@@ -27,7 +27,7 @@ from service.errors import (
     ShuttingDownError,
 )
 from service.grpc.status import CANCELLED_CODE, status_code, trailers
-from service.inference import InferRequest, InferResponse, validate
+from service.inference import InferRequest, InferResponse, validate_for
 from service.metrics import Metrics
 from service.model import Limits, ModelInfo
 from service.settings import Settings
@@ -149,12 +149,7 @@ async def _infer(front: Front, dialect: GrpcDialect, data: bytes, context: Conte
     if not model.ready:
         raise not_ready(model)
     request, reply = dialect.decode(message, model, front.settings.max_body_bytes)
-    max_rows = model.limits.max_batch_size if model.limits else 0
-    try:
-        validate(request, model.inputs, model.outputs, max_rows, model.label)
-    except ServiceError:
-        model.stats.request_finished(False, time.perf_counter_ns())  # Triton counts refused requests as failed
-        raise
+    validate_for(request, model)
     request.pinned = version is not None or label is not None
     request.deadline = call.deadline = deadline(
         model.limits, front.settings, request.parameters.get("timeout"), context.time_remaining()
