@@ -84,7 +84,7 @@ class OverloadProtocol(HttpToolsProtocol):
         self._hold(refusal.model)
 
     def _hold(self, model: str) -> None:
-        """Leave the connection unread until a request to `model` completes, at most HOLD_S.
+        """Leave the connection unread at the back of `model`'s line until release() lets it in, at most HOLD_S.
 
         The client's next request waits in its socket meanwhile (no keep-alive clock: it may be there already).
         """

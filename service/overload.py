@@ -3,14 +3,15 @@
 When a model's queue is full, the inference route refuses with 503 before the body is read. That still costs a
 request's HTTP handling, and under a flood of clients the refusals alone fill the core and starve the runtime.
 So the first refusal for a request path is remembered here, and from then on the HTTP connection
-(service.http_protocol) checks that path as soon as the request head is in: while the model is still full it
+(service.http_overload) checks that path as soon as the request head is in: while the model is still full it
 answers the same 503 itself (no routing, no ASGI task, the body discarded unread), and then stops reading that
-connection until the model has room (or HOLD_S passes). While connections wait for a model, one that
-the model just answered joins the back of their line before its next request is read, and each completed
-request lets in as many of the longest-waiting ones as the model has room for. A client that keeps sending to a full
-model therefore waits its turn in its own socket buffer instead of spinning on refusals, and the server spends
-its CPU on the requests it can serve. A request whose head finds room reserves its place (counted with
-the requests being decoded) until the route takes it over, so a burst of heads read together cannot all pass.
+connection until the model has room (or HOLD_S passes). While connections wait for a model, one that the model
+just answered joins the back of their line before its next request is read, and each completed request (once
+the batcher has taken its next batch) lets in as many of the longest-waiting ones as the model has room for.
+A client that keeps sending to a full model therefore waits its turn in its own socket buffer instead of
+spinning on refusals, and the server spends its CPU on the requests it can serve. A request whose head finds
+room reserves its place (counted with the requests being decoded) until the route takes it over, so a burst
+of heads read together cannot all pass.
 A path is forgotten once its model has had room for FORGET_S.
 """
 
