@@ -2,7 +2,8 @@
 
 The supervisor (this process) binds the port, starts the engine and the workers, replaces a worker that dies,
 restarts an engine that dies (workers answer 503 and report not ready meanwhile), and on SIGTERM stops the
-workers first (each drains what it accepted), then the engine (which drains its batches), and exits 0.
+workers first (each takes the grace period, then drains what it accepted), then the engine (which drains its
+batches), and exits 0.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import os
 import signal
 import socket
 import tempfile
+import time
+from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -24,7 +27,7 @@ from service.settings import Settings
 
 log = logging.getLogger("tandem.workers")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-STOP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0  # beyond the grace and the drain, what a process gets to exit
 
 
 def run(settings: Settings, count: int) -> int:
@@ -61,7 +64,7 @@ def run(settings: Settings, count: int) -> int:
                     log.error("worker %d exited (%s): replacing it", index, worker.exitcode)
                     _forget(worker)
                     workers[index] = _start(spawn, worker.name, worker_main, settings, path, listener)
-        return _stop(workers, engine, listener)
+        return _stop(workers, engine, listener, settings, lambda: len(stopping))
 
 
 def _start(spawn: multiprocessing.context.SpawnContext, name: str, target: object, *args: object) -> BaseProcess:
@@ -78,16 +81,31 @@ def _forget(process: BaseProcess) -> None:
         multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
 
 
-def _stop(workers: list[BaseProcess], engine: BaseProcess, listener: socket.socket) -> int:
-    """Workers first (they finish what they accepted), then the engine (it drains its batches)."""
-    for worker in workers:
-        if worker.is_alive() and worker.pid is not None:
-            os.kill(worker.pid, signal.SIGTERM)
-    for worker in workers:
-        worker.join(STOP_TIMEOUT_S)
+def _stop(
+    workers: list[BaseProcess],
+    engine: BaseProcess,
+    listener: socket.socket,
+    settings: Settings,
+    signals: Callable[[], int],
+) -> int:
+    """Workers first (each takes its grace, then finishes what it accepted), then the engine (it drains its batches).
+
+    A further signal to the supervisor meanwhile is passed on: the workers skip the rest of their grace.
+    """
+    # The workers hold their own copies of the listening socket: it closes when the last one stops accepting.
+    # Kept open here, it would go on completing handshakes nobody accepts, and those clients would be reset.
     listener.close()
-    if engine.is_alive() and engine.pid is not None:
-        os.kill(engine.pid, signal.SIGTERM)
+    for worker in workers:
+        _signal(worker)
+    deadline = time.monotonic() + settings.shutdown_grace_s + settings.drain_timeout_s + STOP_TIMEOUT_S
+    seen = signals()
+    while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
+        wait([*(w.sentinel for w in workers if w.is_alive())], timeout=0.2)
+        if signals() > seen:
+            seen = signals()
+            for worker in workers:
+                _signal(worker)
+    _signal(engine)
     engine.join(STOP_TIMEOUT_S)
     failed = [p.name for p in (*workers, engine) if p.exitcode not in (0, -signal.SIGTERM)]
     if failed:
@@ -95,23 +113,39 @@ def _stop(workers: list[BaseProcess], engine: BaseProcess, listener: socket.sock
     return 0 if not failed else 1
 
 
+def _signal(process: BaseProcess) -> None:
+    if process.is_alive() and process.pid is not None:
+        os.kill(process.pid, signal.SIGTERM)
+
+
 def worker_main(settings: Settings, path: str, listener: socket.socket) -> None:
-    """One HTTP worker: decode and validate here, run in the engine; it never imports a runtime."""
+    """One HTTP worker: decode and validate here, run in the engine; it never imports a runtime.
+
+    It is served like a single process (service.server): bounded request heads, the overload line, and on
+    SIGTERM the grace (ready 503, still serving), then the drain, then exit 0.
+    """
     import uvicorn
 
     from service.app import create_app
     from service.cli import configure_logging
+    from service.http_protocol import protocol_class
+    from service.server import Server
 
     configure_logging(settings)
+    app = create_app(settings, engine_path=path, grpc=True)
+    lifecycle = app.state.lifecycle
     config = uvicorn.Config(
-        create_app(settings, engine_path=path, grpc=True),
+        app,
+        http=protocol_class(settings, lifecycle, app.state.refusals, app.request_ids),
+        ws="none",
+        lifespan="on",
         log_level=settings.log_level,
         access_log=False,
         log_config=None,  # uvicorn's loggers go through configure_logging's handler
-        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s + 0.999)),
         server_header=False,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
     )
-    uvicorn.Server(config).run(sockets=[listener])
+    Server(config, lifecycle).run(sockets=[listener])
 
 
 def engine_main(settings: Settings, path: str) -> None:

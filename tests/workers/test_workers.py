@@ -22,6 +22,7 @@ from tests.service.conftest import onnx_doubler, onnx_slow_doubler
 
 pytestmark = pytest.mark.slow
 WORKERS = 2
+LONG_GRACE_S = 300
 ROWS = 8  # the slow model's batch: a blocker runs, ROWS requests queue behind it and run as one batch
 
 
@@ -95,6 +96,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     config = {"max_batch_size": ROWS, "max_batch_delay_ms": 5000, "max_concurrent_batches": 1}
     (repo / "slow" / "model.json").write_text(json.dumps(config))
     flags = ("--workers", str(WORKERS), "--device", "cpu", "--intra-op-threads", "1", "--poll-interval-s", "0.5")
+    flags += ("--shutdown-grace-s", str(LONG_GRACE_S))  # the SIGTERM test ends the grace with a second signal
     running = start_server(repo, root / "server.log", *flags, timeout_s=120, wait_path="/v2/health/ready")
     yield running
     stop_server(running)
@@ -124,6 +126,11 @@ def test_metrics_count_every_request_across_workers(server: ServerProcess) -> No
     assert [code for code, _ in answers] == [200] * 200
     assert len({worker for _, worker in answers}) == WORKERS  # both workers answered (ids carry the pid)
     assert total(server, "tandem_requests_total", model="double", code="200") - before == 200
+
+
+def ready_status(server: ServerProcess) -> int:
+    """/v2/health/ready on a fresh connection."""
+    return httpx.get(f"{server.url}/v2/health/ready", timeout=30).status_code
 
 
 def gathered(server: ServerProcess, batches_before: float) -> bool:
@@ -195,6 +202,14 @@ def test_a_version_swap_under_load_through_several_workers_loses_nothing(server:
     assert set(codes) == {200}
 
 
+def test_workers_bound_request_heads_like_a_single_process(server: ServerProcess) -> None:
+    for _ in range(WORKERS * 3):  # fresh connections: the kernel spreads them over the workers
+        response = httpx.get(f"{server.url}/v2/health/live", headers={"x-big": "a" * 20_000}, timeout=30)
+        assert response.status_code == 431
+        assert "max_header_line_bytes" in response.json()["error"]
+        assert response.headers["connection"] == "close"
+
+
 def test_sigterm_with_workers_answers_everything_sent_and_exits_zero(server: ServerProcess) -> None:
     body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1.0] * 4}]}
 
@@ -208,6 +223,11 @@ def test_sigterm_with_workers_answers_everything_sent_and_exits_zero(server: Ser
         queued = [pool.submit(one, i) for i in range(ROWS)]
         wait_for(lambda: total(server, "tandem_queue_requests", model="slow") == ROWS, "the queue to fill")
         server.process.send_signal(signal.SIGTERM)
+        # The grace: every worker reports not ready yet still serves (a fresh connection reaches any of them).
+        wait_for(lambda: all(ready_status(server) == 503 for _ in range(WORKERS * 3)), "every worker not ready")
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            assert infer(client, "double", 1).status_code == 200
+        server.process.send_signal(signal.SIGTERM)  # passed on to the workers: the rest of the grace is skipped
         codes = [f.result(timeout=120) for f in [blocker, *queued]]
     assert codes == [200] * (ROWS + 1)
     assert server.process.wait(timeout=120) == 0, server.output()
