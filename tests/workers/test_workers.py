@@ -21,7 +21,7 @@ from tests.server import ServerProcess, start_server, stop_server
 from tests.service.conftest import onnx_doubler, onnx_slow_doubler
 
 pytestmark = pytest.mark.slow
-WORKERS = 2
+WORKERS = 4  # more than this machine has cores: one engine, one session per model, whatever N
 LONG_GRACE_S = 300
 ROWS = 8  # the slow model's batch: a blocker runs, ROWS requests queue behind it and run as one batch
 
@@ -124,7 +124,7 @@ def test_metrics_count_every_request_across_workers(server: ServerProcess) -> No
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(one, range(200)))
     assert [code for code, _ in answers] == [200] * 200
-    assert len({worker for _, worker in answers}) == WORKERS  # both workers answered (ids carry the pid)
+    assert len({worker for _, worker in answers}) >= 2  # several workers answered (ids carry the pid)
     assert total(server, "tandem_requests_total", model="double", code="200") - before == 200
 
 
@@ -149,7 +149,7 @@ def test_requests_to_different_workers_share_a_batch(server: ServerProcess) -> N
             assert response.status_code == 200
             return response.headers["x-request-id"].split("-")[0]
 
-    for _attempt in range(5):  # the kernel picks the worker that accepts each connection: retry until both did
+    for _attempt in range(5):  # the kernel picks the worker that accepts each connection: retry until two did
         batches = total(server, "tandem_batches_total", model="slow")
         with concurrent.futures.ThreadPoolExecutor(ROWS + 1) as pool:
             blocker = pool.submit(one, -1)
@@ -161,7 +161,7 @@ def test_requests_to_different_workers_share_a_batch(server: ServerProcess) -> N
             blocker.result(timeout=120)
             workers = {future.result(timeout=120) for future in queued}
         assert total(server, "tandem_batches_total", model="slow") - batches == 2  # the blocker, then all ROWS
-        if len(workers) == WORKERS:
+        if len(workers) >= 2:
             return
     pytest.fail("every queued request went to one worker five times")
 
