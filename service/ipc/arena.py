@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -54,7 +55,7 @@ class Reader:
 
     def view(self, offset: int, dtype: np.dtype[np.generic], shape: tuple[int, ...]) -> np.ndarray:
         """The array stored at `offset`."""
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         return self._memory[offset : offset + count * dtype.itemsize].view(dtype).reshape(shape)
 
     def close(self) -> None:

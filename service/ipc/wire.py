@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -27,11 +28,26 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], memo
     return header, data[head:]
 
 
+# Frames queued for each stream during this pass of the event loop: they leave together in one write at its end,
+# so a worker sending many requests (or the engine answering a whole batch) makes one system call, not one each.
+_outbox: dict[asyncio.StreamWriter, list[bytes]] = {}
+
+
 def write_frame(writer: asyncio.StreamWriter, header: dict[str, Any], payload: Sequence[bytes] = ()) -> None:
-    """Queue one message on the stream (the caller drains when it must)."""
+    """Queue one message on the stream; it is written, in order, with the others queued in this loop pass."""
     head = orjson.dumps(header)
     size = sum(len(part) for part in payload)
-    writer.writelines([_SIZES.pack(len(head), size), head, *payload])
+    parts = _outbox.get(writer)
+    if parts is None:
+        parts = _outbox[writer] = []
+        asyncio.get_running_loop().call_soon(_flush, writer)
+    parts += [_SIZES.pack(len(head), size), head, *payload]
+
+
+def _flush(writer: asyncio.StreamWriter) -> None:
+    parts = _outbox.pop(writer)
+    if not writer.is_closing():
+        writer.writelines(parts)
 
 
 def pack(arrays: dict[str, np.ndarray], arena: Arena | None) -> tuple[list[dict[str, Any]], list[bytes]]:
@@ -65,7 +81,7 @@ def unpack(refs: list[dict[str, Any]], payload: memoryview, shared: Reader | Non
             continue
         raw = payload[ref["at"] : ref["at"] + ref["size"]]
         if ref["datatype"] == "BYTES":
-            count = int(np.prod(shape, dtype=np.int64))
+            count = math.prod(shape)
             arrays[ref["name"]] = deserialize_bytes_tensor(raw, count, ref["name"]).reshape(shape)
         else:
             arrays[ref["name"]] = np.frombuffer(raw, dtype=dtype).reshape(shape)
