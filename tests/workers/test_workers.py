@@ -95,8 +95,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     onnx_slow_doubler(repo / "slow" / "1" / "model.onnx", work=2560)  # about a second a call
     config = {"max_batch_size": ROWS, "max_batch_delay_ms": 5000, "max_concurrent_batches": 1}
     (repo / "slow" / "model.json").write_text(json.dumps(config))
-    flags = ("--workers", str(WORKERS), "--device", "cpu", "--intra-op-threads", "1", "--poll-interval-s", "0.5")
-    flags += ("--shutdown-grace-s", str(LONG_GRACE_S))  # the SIGTERM test ends the grace with a second signal
+    flags = ["--workers", str(WORKERS), "--device", "cpu", "--intra-op-threads", "1", "--poll-interval-s", "0.5"]
+    flags += ["--shutdown-grace-s", str(LONG_GRACE_S)]  # the SIGTERM test ends the grace with a second signal
     running = start_server(repo, root / "server.log", *flags, timeout_s=120, wait_path="/v2/health/ready")
     yield running
     stop_server(running)
@@ -131,6 +131,11 @@ def test_metrics_count_every_request_across_workers(server: ServerProcess) -> No
 def ready_status(server: ServerProcess) -> int:
     """/v2/health/ready on a fresh connection."""
     return httpx.get(f"{server.url}/v2/health/ready", timeout=30).status_code
+
+
+def queued_or_done(server: ServerProcess, requests: list[concurrent.futures.Future[int]]) -> bool:
+    """ROWS requests wait in the queue, or every request was already answered."""
+    return total(server, "tandem_queue_requests", model="slow") == ROWS or all(f.done() for f in requests)
 
 
 def gathered(server: ServerProcess, batches_before: float) -> bool:
@@ -217,17 +222,24 @@ def test_sigterm_with_workers_answers_everything_sent_and_exits_zero(server: Ser
         with httpx.Client(base_url=server.url, timeout=60) as client:
             return client.post("/v2/models/slow/infer", json=body).status_code
 
+    codes: list[int] = []
     with concurrent.futures.ThreadPoolExecutor(ROWS + 1) as pool:
-        blocker = pool.submit(one, -1)
-        wait_for(lambda: total(server, "tandem_inflight_batches", model="slow") == 1, "the blocker to run")
-        queued = [pool.submit(one, i) for i in range(ROWS)]
-        wait_for(lambda: total(server, "tandem_queue_requests", model="slow") == ROWS, "the queue to fill")
+        for _attempt in range(5):  # on a slow machine the blocker may finish before ROWS requests queue: again
+            blocker = pool.submit(one, -1)
+            wait_for(lambda: total(server, "tandem_inflight_batches", model="slow") == 1, "the blocker to run")
+            queued = [blocker, *(pool.submit(one, i) for i in range(ROWS))]
+            wait_for(functools.partial(queued_or_done, server, queued), "the queue to fill")
+            if not all(f.done() for f in queued):
+                break
+            assert [f.result() for f in queued] == [200] * (ROWS + 1)
+        else:
+            pytest.fail("the blocker finished before the queue filled, five times")
         server.process.send_signal(signal.SIGTERM)
         # The grace: every worker reports not ready yet still serves (a fresh connection reaches any of them).
         wait_for(lambda: all(ready_status(server) == 503 for _ in range(WORKERS * 3)), "every worker not ready")
         with httpx.Client(base_url=server.url, timeout=60) as client:
             assert infer(client, "double", 1).status_code == 200
         server.process.send_signal(signal.SIGTERM)  # passed on to the workers: the rest of the grace is skipped
-        codes = [f.result(timeout=120) for f in [blocker, *queued]]
+        codes = [f.result(timeout=120) for f in queued]
     assert codes == [200] * (ROWS + 1)
     assert server.process.wait(timeout=120) == 0, server.output()
