@@ -72,6 +72,8 @@ class DynamicBatcher:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
+        self._alone = False  # the last batch held a single request
+        self._direct = True  # no request of this event-loop pass was dispatched by submit itself
         self._sweep_timer: asyncio.TimerHandle | None = None  # fires at the earliest deadline of any request
         self._sweep_at: float | None = None
 
@@ -180,9 +182,21 @@ class DynamicBatcher:
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         item = Pending(inputs, rows, key, future, now, deadline, queue_deadline, idle, gone)
         self._waiting.push(item, self._max_queue)
-        if self._inflight < self._limit:  # with every slot busy the worker has nothing to do yet
+        if idle and self._alone and self._direct and self._wakeup is not None:
+            # Requests come one at a time (the last batch held one) and the worker sleeps: it would dispatch this
+            # one alone at once, so do it here and skip the hop through the worker task (a runtime call run inline
+            # answers before submit awaits). Under concurrency batches hold more, and arrivals go through the worker,
+            # which batches everything that arrived in the same pass of the event loop.
+            self._waiting.items.pop()
+            self._direct = False  # one per pass: the next arrivals of this pass go through the worker and batch
+            asyncio.get_running_loop().call_soon(self._open_direct)
+            self._dispatch([item])
+        elif self._inflight < self._limit:  # with every slot busy the worker has nothing to do yet
             self._poke()
         return item
+
+    def _open_direct(self) -> None:
+        self._direct = True
 
     def _watch(self, due: float | None) -> None:
         """Make the one deadline timer fire no later than `due`."""
@@ -262,6 +276,7 @@ class DynamicBatcher:
             item.queued = False
             item.dispatched_at, item.batch_id = now, batch_id
         self._waiting.depth -= len(batch)
+        self._alone = len(batch) == 1
         rows = sum(item.rows for item in batch)
         self._inflight += 1
         self._batch_seq += 1
@@ -293,4 +308,5 @@ class DynamicBatcher:
         if self._observer is not None:
             self._observer.batch_finished(rows, compute_s, error is None)
             self._observer.inflight(self._inflight)
-        self._poke()
+        if self._waiting.depth or self._closing:  # otherwise the worker has nothing new to do
+            self._poke()

@@ -556,3 +556,38 @@ async def test_a_model_that_slows_down_moves_back_to_the_executor() -> None:
             await submitted(batcher, req(value))
     loop_thread = threading.get_ident()
     assert [t == loop_thread for t in threads] == [False, True, True, False, False]
+
+
+def completes_without_yielding(coro: Any) -> Any:
+    """Drive a coroutine one step: its result if it finished without waiting on the event loop, else fail."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise AssertionError("the request waited on the event loop")
+
+
+@pytest.mark.anyio
+async def test_a_lone_request_after_a_lone_request_runs_inside_submit() -> None:
+    threads, run = thread_recording([0.0] * 4)
+    async with serving(ScriptedRuntime(run), inline_below_s=0.05) as batcher:
+        for value in range(2):  # the first call is measured in the executor; then calls run inline
+            await submitted(batcher, req(value))
+        await settle()
+        out = completes_without_yielding(submitted(batcher, req(7)))
+    assert out["y"][0, 0] == 14
+    assert len(threads) == 3
+
+
+@pytest.mark.anyio
+async def test_a_burst_after_lone_requests_still_forms_a_batch() -> None:
+    rt, seen = ScriptedRuntime(), Recorder()
+    async with serving(rt, max_batch_size=32, observer=seen, inline_below_s=0.05) as batcher:
+        for value in range(3):
+            await submitted(batcher, req(value))
+        await settle()
+        outs = await results(*(submit(batcher, req(i)) for i in range(10, 20)))
+    assert [out["y"][0, 0] for out in outs if isinstance(out, dict)] == [2.0 * i for i in range(10, 20)]
+    # the first of the burst may go alone, straight from submit; the others share one batch
+    assert [rows for rows, _ in seen.started][3:] in ([10], [1, 9])
