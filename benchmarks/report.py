@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from benchmarks.ceiling import Ceiling
 from benchmarks.probe import ProbeResult
 from benchmarks.scenarios import Level
-from benchmarks.servers import ServerSpec
+from benchmarks.servers import TANDEM, ServerSpec
 from benchmarks.wrk import WrkResult
 
 HEADER = (
@@ -90,6 +90,29 @@ def naive_ratio(row: Row, rows: list[Row]) -> Ratio | None:
     return None
 
 
+def variant_ratio(row: Row, rows: list[Row]) -> Ratio | None:
+    """A tandem variant (e.g. `tandem workers2`) over plain tandem at the same level, when both ran."""
+    if row.server.kind != "tandem" or row.server == TANDEM:
+        return None
+    for other in rows:
+        if other.server == TANDEM and other.same_level(row) and other.result.rps > 0:
+            return Ratio(row.result.rps / other.result.rps, row.rows_per_cpu_s / other.rows_per_cpu_s)
+    return None
+
+
+def median_rows(rows: list[Row]) -> list[Row]:
+    """One row per server and level, the measured round with the median throughput, in first-seen order.
+
+    With --rounds, every level is measured several times, the servers in turn each round; the median round
+    stands for the level, so a ratio between servers is not decided by one round the machine slowed.
+    """
+    rounds: dict[tuple[object, ...], list[Row]] = {}
+    for row in rows:
+        key = (row.setup, row.server, row.level)
+        rounds.setdefault(key, []).append(row)
+    return [sorted(found, key=lambda r: r.result.rps)[(len(found) - 1) // 2] for found in rounds.values()]
+
+
 def ceiling_ratio(row: Row, ceilings: list[Ceiling]) -> Ratio | None:
     """Binary rows/s over the in-process ceiling at the same batch size in the same setup."""
     if not row.level.workload.startswith("v2-binary"):
@@ -116,6 +139,8 @@ def ratio_text(row: Row, rows: list[Row], ceilings: list[Ceiling]) -> str:
     parts = []
     if ratio := naive_ratio(row, rows):
         parts.append(f"{ratio.wall:.2f}x naive (per cpu-s {ratio.per_cpu:.2f}x)")
+    if ratio := variant_ratio(row, rows):
+        parts.append(f"{ratio.wall:.2f}x tandem (per cpu-s {ratio.per_cpu:.2f}x)")
     if ratio := ceiling_ratio(row, ceilings):
         parts.append(f"{ratio.wall:.2f} of ceiling (per cpu-s {ratio.per_cpu:.2f})")
     if (goodput := goodput_ratio(row, rows)) is not None:

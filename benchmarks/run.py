@@ -24,7 +24,7 @@ from benchmarks.bodies import WORKLOADS, Body
 from benchmarks.cpu import CpuWatch, wait_quiet
 from benchmarks.models import CNN, MLP, BenchModel, build_artifacts, write_repository
 from benchmarks.probe import Probe
-from benchmarks.report import Row, format_row, render
+from benchmarks.report import Row, format_row, median_rows, render
 from benchmarks.scenarios import DEFAULT_SCENARIOS, SCENARIOS, Group, Level, Options, parse_variant, plan, schedule
 from benchmarks.servers import Running, Setup, cpu_set, running, setups
 
@@ -55,6 +55,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ceiling-seconds", type=float, default=3.0, help="seconds per in-process measurement")
     parser.add_argument("--max-other", type=float, default=0.2, help="cores other processes may take (shared hosts)")
     parser.add_argument("--quiet-wait", type=float, default=20.0, help="seconds to wait for that before a level")
+    parser.add_argument("--rounds", type=int, default=1, help="measure every level N times, servers in turn; median")
     parser.add_argument("--retries", type=int, default=1, help="remeasure a level disturbed beyond --max-other")
     parser.add_argument("--workdir", type=Path, default=Path("benchmarks/results"), help="models, logs, results")
     args = parser.parse_args(argv)
@@ -90,7 +91,8 @@ class Bench:
         self.args = args
         self.store = store
         self.bodies = write_bodies(args.workdir / "bodies")
-        self.rows: list[Row] = []
+        self.rows: list[Row] = []  # one per server and level: the median round
+        self.every_round: list[Row] = []
         self.ceilings: list[ceiling.Ceiling] = []
 
     def measure_ceilings(self, setup: Setup) -> None:
@@ -133,11 +135,17 @@ class Bench:
             servers = [stack.enter_context(self.start(setup, group)) for group in groups]
             stack.enter_context(ceiling.pinned(setup.client_cpus))
             rows: list[Row] = []
-            for level, members in schedule(groups):
-                for group in members:
-                    rows.append(self.measure_level(setup, group, level, servers[groups.index(group)]))
-                    print(format_row(rows[-1], ""), flush=True)
+            rounds = max(1, self.args.rounds)
+            for turn in range(rounds):
+                if rounds > 1:
+                    print(f"round {turn + 1} of {rounds}", flush=True)
+                for level, members in schedule(groups):
+                    for group in members:
+                        rows.append(self.measure_level(setup, group, level, servers[groups.index(group)]))
+                        print(format_row(rows[-1], ""), flush=True)
             self.measure_ceilings(setup)  # the servers are idle now
+        self.every_round += rows
+        rows = median_rows(rows)
         rows.sort(key=lambda row: next(i for i, g in enumerate(groups) if g.server == row.server))
         self.rows += rows
 
@@ -180,6 +188,7 @@ class Bench:
                 for c in self.ceilings
             ],
             "levels": [_row_record(row) for row in self.rows],
+            "rounds": [_row_record(row) for row in self.every_round] if self.args.rounds > 1 else [],
         }
         path: Path = self.args.workdir / f"results-{time.strftime('%Y%m%d-%H%M%S')}.json"
         path.write_text(json.dumps(record, indent=2) + "\n")

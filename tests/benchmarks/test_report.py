@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.ceiling import Ceiling
 from benchmarks.models import CNN, MLP
-from benchmarks.report import Row, render, targets
+from benchmarks.report import Row, median_rows, render, targets
 from benchmarks.scenarios import Level, Options, parse_variant, plan, schedule
 from benchmarks.servers import NAIVE, TANDEM, ServerSpec
 from benchmarks.wrk import WrkResult
@@ -90,3 +90,15 @@ def test_targets_compare_tandem_with_naive_and_binary_with_the_ceiling() -> None
     table = render(rows, ceilings)
     assert "1.50x naive (per cpu-s 3.00x)" in table
     assert "0.16 of ceiling (per cpu-s 0.13)" in table
+
+
+def test_rounds_reduce_to_the_median_round_and_a_variant_compares_with_plain_tandem() -> None:
+    workers2 = parse_variant("workers2=--workers 2")
+    level = Level("json", MLP, "v2-json", 64)
+    measured = [(TANDEM, 3000), (workers2, 5100), (TANDEM, 2400), (workers2, 4000), (TANDEM, 2700), (workers2, 4500)]
+    rows = [Row("all-core", server, level, result(rps), 1, server_cpu_s=10.0) for server, rps in measured]
+    kept = median_rows(rows)
+    assert [(row.server.name, row.result.rps) for row in kept] == [("tandem", 2700), ("tandem workers2", 4500)]
+    assert "1.67x tandem (per cpu-s 1.67x)" in render(kept, [])
+    # an even number of rounds keeps the lower of the two middle ones: a real round, never an average
+    assert median_rows(rows[:4])[1].result.rps == 4000
