@@ -78,14 +78,15 @@ class RemoteEngine:
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
+            frames = wire.Frames(reader)
             while True:
-                header, payload = await wire.read_frame(reader)
-                if header.get("op") == "snapshot":
-                    self._apply(header)
-                    continue
-                entry = self._waiting.pop(header["id"], None)
-                if entry is not None and not entry[0].done():
-                    entry[0].set_result((header, payload))
+                for header, payload in await frames.read():
+                    if header.get("op") == "snapshot":
+                        self._apply(header)
+                        continue
+                    entry = self._waiting.pop(header["id"], None)
+                    if entry is not None and not entry[0].done():
+                        entry[0].set_result((header, payload))
         except (asyncio.IncompleteReadError, ConnectionError):
             log.error("lost the engine process: not ready until it is back")
         finally:

@@ -63,7 +63,9 @@ class EngineServer:
             wire.write_frame(writer, message)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        hello, _ = await wire.read_frame(reader)
+        frames = wire.Frames(reader)
+        arrived = await frames.read()
+        hello, _ = arrived.pop(0)
         shared = Reader(hello["arena"])
         cancelled: set[int] = set()
         tasks: set[asyncio.Task[None]] = set()
@@ -71,15 +73,16 @@ class EngineServer:
         wire.write_frame(writer, self.snapshot())
         try:
             while True:
-                header, payload = await wire.read_frame(reader)
-                op = header["op"]
-                if op == "cancel":
-                    cancelled.add(header["id"])
-                    continue
-                work = self._infer if op == "infer" else self._call
-                task = asyncio.get_running_loop().create_task(work(writer, header, payload, shared, cancelled))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                for header, payload in arrived:
+                    op = header["op"]
+                    if op == "cancel":
+                        cancelled.add(header["id"])
+                        continue
+                    work = self._infer if op == "infer" else self._call
+                    task = asyncio.get_running_loop().create_task(work(writer, header, payload, shared, cancelled))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                arrived = await frames.read()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the worker went away; its requests still finish, their answers are dropped
         finally:
