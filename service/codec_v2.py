@@ -61,7 +61,7 @@ def decode_request(body: bytes, header_length: str | None, max_bytes: int) -> V2
 def _split_binary(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
     if header_length is None:
         return parse_json(body), memoryview(b"")
-    if not header_length.isdigit() or not 0 < int(header_length) <= len(body):
+    if not (header_length.isascii() and header_length.isdigit()) or not 0 < int(header_length) <= len(body):
         raise BadRequestError(
             f"Inference-Header-Content-Length must be an integer in [1, {len(body)}], got '{header_length:.20}'"
         )

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from service.errors import VersionNotFoundError
 from service.runtimes import ARTIFACT_NAMES
 from service.tensors import DATATYPE_TO_NUMPY
 
@@ -117,6 +118,16 @@ class ModelSource:
     config: ModelConfig = field(default_factory=ModelConfig)
     versions: dict[int, Path] = field(default_factory=dict)
     error: str | None = None
+
+
+def parse_version(text: str | None, name: str) -> int | None:
+    """A requested version: None asks for the default; else a positive decimal int64 without leading zeros (ASCII
+    digits only: `str.isdigit` also accepts "²", which `int` refuses), anything else 404 as an unknown version."""
+    if text is None:
+        return None
+    if VERSION.fullmatch(text) is None or int(text) > 2**63 - 1:
+        raise VersionNotFoundError(f"model '{name}' has no version '{text:.40}'")
+    return int(text)
 
 
 def read_config(model_dir: Path) -> ModelConfig:

@@ -22,7 +22,6 @@ from service.errors import (
     ServiceError,
     UnauthorizedError,
     UnsupportedMediaTypeError,
-    VersionNotFoundError,
 )
 from service.repository import MODEL_NAME
 
@@ -87,20 +86,11 @@ def settings(request: Request) -> Settings:
     return s
 
 
-def parse_version(text: str | None, name: str) -> int | None:
-    """A path version: positive decimal int64 without leading zeros, else 404 as an unknown version."""
-    if text is None:
-        return None
-    if not text.isdigit() or text.startswith("0") or len(text) > 19 or int(text) > 2**63 - 1:
-        raise VersionNotFoundError(f"model '{name}' has no version '{text:.40}'")
-    return int(text)
-
-
 async def read_body(request: Request, max_bytes: int, *, decompress: bool = False) -> bytes:
     """The request body, refused with 413 past max_bytes: by Content-Length, streamed, and decoded."""
     length = request.headers.get("content-length")
     if length is not None:
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             raise BadRequestError("Content-Length is not a number")
         if int(length) > max_bytes:
             raise PayloadTooLargeError(f"request body of {length} bytes exceeds max_body_bytes={max_bytes}")

@@ -21,7 +21,6 @@ from service.api.http import (
     engine,
     finish,
     not_ready,
-    parse_version,
     read_body,
     settings,
 )
@@ -30,6 +29,7 @@ from service.errors import ModelNotFoundError, QueueFullError
 from service.inference import InferRequest, InferResponse, validate_for
 from service.model import ModelInfo
 from service.overload import RESERVED, Refusals
+from service.repository import parse_version
 
 # decode(body, headers, model, max_body_bytes) -> the request and what the encoder needs to answer it
 Decode = Callable[[bytes, Mapping[str, str], ModelInfo, int], tuple[InferRequest, Any]]

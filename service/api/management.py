@@ -10,9 +10,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service import repository
-from service.api.http import TORCHSERVE_NOT_FOUND, check_name, engine, json_response, parse_version, require_control
+from service.api.http import TORCHSERVE_NOT_FOUND, check_name, engine, json_response, require_control
 from service.errors import BadRequestError, ModelNotFoundError, ModelNotReadyError
 from service.model import ModelInfo
+from service.repository import parse_version
 
 if TYPE_CHECKING:
     from service.engine import Engine
@@ -203,7 +204,7 @@ def _int(text: str | None, key: str, *, default: int = 0, low: int | None = None
     if text is None:
         return default
     value = text.strip()
-    if not value.lstrip("-").isdigit() or len(value) > 12:
+    if not (value.isascii() and value.lstrip("-").isdigit()) or len(value) > 12:
         raise BadRequestError(f"parameter '{key}' must be an integer")
     number = int(value)
     if (low is not None and number < low) or (high is not None and number > high):

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.convertors import Convertor, register_url_convertor
 
-from service.api.http import JSON, VERSION_HEADER, begin, check_name, engine, json_response, not_ready, parse_version
+from service.api.http import JSON, VERSION_HEADER, begin, check_name, engine, json_response, not_ready
 from service.api.infer import Dialect, infer
 from service.codec_tfserving import PredictRequest, decode_predict, encode_predict, signature_def
 from service.errors import (
@@ -27,7 +27,7 @@ from service.errors import (
 )
 from service.inference import InferRequest, InferResponse
 from service.model import ModelInfo, ModelState
-from service.repository import LABEL
+from service.repository import LABEL, parse_version
 
 if TYPE_CHECKING:
     from service.engine import Engine
@@ -84,7 +84,7 @@ def parse_path(method: str, path: str) -> Target:
     if match["name"] is None:
         return _allow(method, Target("list"))
     name, version, label = check_name(match["name"]), match["version"], match["label"]
-    if version is not None and not version.isdigit():
+    if version is not None and not (version.isascii() and version.isdigit()):
         raise BadRequestError(f"Malformed request: {method} /v1/{path[:200]}")
     if label is not None and not LABEL.fullmatch(label):
         raise BadRequestError("label must match [A-Za-z0-9_]+")

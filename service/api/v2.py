@@ -9,12 +9,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.http import JSON, check_name, engine, json_response, not_ready, parse_version
+from service.api.http import JSON, check_name, engine, json_response, not_ready
 from service.api.infer import Dialect
 from service.api.infer import infer as serve_infer
 from service.codec_v2 import V2Request, decode_request, encode_response, select_outputs
 from service.inference import InferRequest, InferResponse
 from service.model import ModelInfo
+from service.repository import parse_version
 
 router = APIRouter()
 PLATFORMS = {"onnx": "onnx_onnxv1", "savedmodel": "tensorflow_savedmodel"}

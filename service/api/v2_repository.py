@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.http import check_name, engine, json_response, parse_version, read_body, require_control
+from service.api.http import check_name, engine, json_response, read_body, require_control
 from service.codec import parse_json
 from service.errors import BadRequestError, ModelNotFoundError
 from service.model import ModelInfo
+from service.repository import parse_version
 
 if TYPE_CHECKING:
     from service.engine import Engine

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from service import repository
 from service.codec import check_shape, deserialize_bytes_tensor, serialize_bytes_tensor
-from service.errors import BadRequestError, VersionNotFoundError
+from service.errors import BadRequestError
 from service.grpc.protos import message
 from service.repository import MODEL_NAME
 from service.tensors import datatype_of, numpy_dtype
@@ -52,11 +53,7 @@ def check_name(name: str) -> str:
 
 def parse_version(text: str, name: str) -> int | None:
     """A version string: empty for the default; a positive decimal int64 without leading zeros, else NOT_FOUND."""
-    if not text:
-        return None
-    if not text.isdigit() or text.startswith("0") or len(text) > 19 or int(text) > 2**63 - 1:
-        raise VersionNotFoundError(f"model '{name}' has no version '{text:.40}'")
-    return int(text)
+    return repository.parse_version(text or None, name)
 
 
 def parameters(params: Any, where: str) -> dict[str, Any]:

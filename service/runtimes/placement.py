@@ -67,7 +67,7 @@ def visible_gpus(gpus: Sequence[Gpu], cuda_visible_devices: str | None) -> list[
     visible: list[Gpu] = []
     seen: set[int] = set()
     for entry in (e.strip() for e in cuda_visible_devices.split(",")):
-        if entry.isdigit():
+        if entry.isascii() and entry.isdigit():
             found = [g for g in gpus if g.index == int(entry)]
         else:
             found = [g for g in gpus if entry.startswith("GPU-") and g.uuid.startswith(entry)]

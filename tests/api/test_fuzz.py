@@ -132,3 +132,23 @@ def test_check_rejects_a_5xx_and_accepts_a_named_4xx(client: TestClient) -> None
     check(response)
     assert response.status_code == 400
     assert "data" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v2/models/stats?name=double&version=%C2%B2"),  # "²": str.isdigit() says yes, int() says no
+        ("GET", "/v2/models/double/versions/%C2%B2"),
+        ("GET", "/v2/models/double/versions/%D9%A3/stats"),  # Arabic-Indic three
+        ("POST", "/v2/models/double/versions/%C2%B2/infer"),
+        ("GET", "/v1/models/double/versions/%C2%B2"),
+        ("POST", "/v1/models/double/versions/%C2%B2:predict"),
+        ("POST", "/predictions/double/%C2%B2"),
+    ],
+)
+def test_digits_that_are_not_ascii_are_an_unknown_version_not_a_crash(
+    client: TestClient, method: str, path: str
+) -> None:
+    response = client.request(method, path, json={"instances": [[1.0]]})
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    assert response.json()
