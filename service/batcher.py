@@ -25,7 +25,7 @@ from service.batching import (
     take,
 )
 from service.errors import InternalError, ModelNotReadyError, QueueFullError, ShuttingDownError
-from service.request_queue import RequestQueue
+from service.request_queue import DeadlineTimer, RequestQueue
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +74,7 @@ class DynamicBatcher:
         self._wakeup: asyncio.Future[None] | None = None
         self._alone = False  # the last batch held a single request
         self._direct = True  # no request of this event-loop pass was dispatched by submit itself
-        self._sweep_timer: asyncio.TimerHandle | None = None  # fires at the earliest deadline of any request
-        self._sweep_at: float | None = None
+        self._deadlines = DeadlineTimer(self._sweep)
 
     @property
     def queue_depth(self) -> int:
@@ -115,8 +114,8 @@ class DynamicBatcher:
         given, receives the time the request waited and its batch's runtime call.
         """
         item = self._admit(inputs, rows, deadline, queue_deadline, gone)
-        self._watch(item.deadline)
-        self._watch(item.queue_deadline)
+        self._deadlines.watch(item.deadline)
+        self._deadlines.watch(item.queue_deadline)
         try:
             outputs = await item.future
             if timing is not None:
@@ -198,19 +197,8 @@ class DynamicBatcher:
     def _open_direct(self) -> None:
         self._direct = True
 
-    def _watch(self, due: float | None) -> None:
-        """Make the one deadline timer fire no later than `due`."""
-        if due is None or (self._sweep_at is not None and self._sweep_at <= due):
-            return
-        if self._sweep_timer is not None:
-            self._sweep_timer.cancel()
-        self._sweep_at = due
-        self._sweep_timer = asyncio.get_running_loop().call_later(max(0.0, due - time.monotonic()), self._sweep)
-
-    def _sweep(self) -> None:
-        self._sweep_timer = self._sweep_at = None
-        running = itertools.chain.from_iterable(self._running.values())
-        self._watch(self._waiting.sweep(running, time.monotonic()))
+    def _sweep(self, now: float) -> float | None:
+        return self._waiting.sweep(itertools.chain.from_iterable(self._running.values()), now)
 
     def _poke(self) -> None:
         if self._wakeup is not None:
@@ -240,8 +228,8 @@ class DynamicBatcher:
             self._waiting.fail_waiting(lambda: InternalError(f"{self._who}: batch worker failed"))
         finally:
             self._waiting.fail_waiting(ShuttingDownError)
-            if self._sweep_timer is not None and not self._running:
-                self._sweep_timer.cancel()
+            if not self._running:
+                self._deadlines.cancel()
 
     async def _assemble(self) -> list[Pending]:
         now = time.monotonic()

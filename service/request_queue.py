@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -92,3 +94,33 @@ class RequestQueue:
         else:
             return True
         return False
+
+
+class DeadlineTimer:
+    """One timer per batcher, at the earliest deadline of any request, instead of timers per request.
+
+    `sweep(now)` fails what is due and returns the next due time (or None), at which the timer is set again.
+    """
+
+    def __init__(self, sweep: Callable[[float], float | None]) -> None:
+        self._sweep = sweep
+        self._timer: asyncio.TimerHandle | None = None
+        self._at: float | None = None
+
+    def watch(self, due: float | None) -> None:
+        """Make the timer fire no later than `due` (a time.monotonic() value)."""
+        if due is None or (self._at is not None and self._at <= due):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._at = due
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, due - time.monotonic()), self._fire)
+
+    def cancel(self) -> None:
+        """Stop the timer (the batcher stopped and nothing runs)."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _fire(self) -> None:
+        self._timer = self._at = None
+        self.watch(self._sweep(time.monotonic()))
