@@ -17,7 +17,6 @@ from service.ipc.arena import Arena, Reader
 from service.tensors import datatype_of, numpy_dtype
 
 _SIZES = struct.Struct("<II")  # header bytes, payload bytes
-MAX_FRAME_BYTES = 1 << 31
 
 
 Frame = tuple[dict[str, Any], memoryview]
