@@ -20,6 +20,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 from uvicorn.server import ServerState
 
+from service.balance import Shares
 from service.codec import dumps
 from service.http_overload import OverloadProtocol
 from service.http_transport import OneWrite
@@ -40,6 +41,7 @@ class BoundedHttpProtocol(OverloadProtocol):
     """One HTTP/1.1 connection; `protocol_class` binds the settings, the lifecycle and the overload state."""
 
     settings: ClassVar[Settings]
+    shares: ClassVar[Shares | None] = None  # a worker's open-connection count (service.balance)
 
     def __init__(
         self,
@@ -66,6 +68,8 @@ class BoundedHttpProtocol(OverloadProtocol):
         self._stop_head_timer()
         self._overload_ended()
         super().connection_lost(exc)
+        if self.shares is not None:
+            self.shares.closed()
         if self.lifecycle.draining:
             self.lifecycle.notify()
 
@@ -219,7 +223,11 @@ class BoundedHttpProtocol(OverloadProtocol):
 
 
 def protocol_class(
-    settings: Settings, lifecycle: Lifecycle, refusals: Refusals, request_ids: RequestIds
+    settings: Settings,
+    lifecycle: Lifecycle,
+    refusals: Refusals,
+    request_ids: RequestIds,
+    shares: Shares | None = None,
 ) -> type[BoundedHttpProtocol]:
     """The connection class uvicorn instantiates, bound to this server's settings, lifecycle and overload state."""
 
@@ -228,4 +236,5 @@ def protocol_class(
 
     TandemHttpProtocol.settings, TandemHttpProtocol.lifecycle = settings, lifecycle
     TandemHttpProtocol.refusals, TandemHttpProtocol.request_ids = refusals, request_ids
+    TandemHttpProtocol.shares = shares
     return TandemHttpProtocol

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from service.balance import BalancedListener, Shares
 from service.http_protocol import BoundedHttpProtocol, protocol_class
 
 if TYPE_CHECKING:
@@ -35,9 +36,11 @@ FLUSH_S = 1.0  # after the engine failed what was left, how long its 503s get to
 class Server(uvicorn.Server):
     """uvicorn's server with tandem's start-up order and shutdown phases."""
 
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, shares: Shares | None = None) -> None:
         super().__init__(config)
         self.lifecycle = lifecycle
+        self.shares = shares  # a worker's: it accepts on the shared socket only within its share (service.balance)
+        self._listeners: list[BalancedListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
@@ -52,9 +55,21 @@ class Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Lifespan start (fast: other fronts start, nothing loads yet), bind, then let the repository load."""
-        await super().startup(sockets)
+        if self.shares is None or not sockets:
+            await super().startup(sockets)
+        else:  # a worker: uvicorn starts no server of its own; the listeners accept for it
+            await super().startup([])
+            if self.started:
+                backlog = self.config.backlog
+                self._listeners = [BalancedListener(s, self.shares, self._new_connection, backlog) for s in sockets]
         if self.started:
             self.lifecycle.listening()
+
+    def _new_connection(self) -> asyncio.Protocol:
+        config = self.config
+        return config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=self._loop
+        )
 
     async def main_loop(self) -> None:
         """Serve until a stop was asked and its grace period is over."""
@@ -68,6 +83,8 @@ class Server(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Stop accepting, answer what was accepted within drain_timeout_s, drain the engine, close the rest."""
         self.lifecycle.begin_drain()
+        for listener in self._listeners:
+            listener.close()
         for server in self.servers:
             server.close()
         for sock in sockets or []:

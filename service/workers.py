@@ -23,6 +23,7 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from service.balance import Shares
 from service.settings import Settings
 
 log = logging.getLogger("tandem.workers")
@@ -49,7 +50,8 @@ def run(settings: Settings, count: int) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda signum, frame: stopping.append(signum))
         engine = _start(spawn, "tandem-engine", engine_main, settings, path)
-        workers = [_start(spawn, f"tandem-worker-{i}", worker_main, settings, path, listener) for i in range(count)]
+        shares = Shares(spawn, count)
+        workers = [_start_worker(spawn, i, settings, path, listener, shares) for i in range(count)]
         log.info("serving on %s:%d with %d workers and one engine", settings.host, settings.port, count)
         while not stopping:
             wait([stop_read, engine.sentinel, *(w.sentinel for w in workers)])
@@ -63,7 +65,8 @@ def run(settings: Settings, count: int) -> int:
                 if not worker.is_alive():
                     log.error("worker %d exited (%s): replacing it", index, worker.exitcode)
                     _forget(worker)
-                    workers[index] = _start(spawn, worker.name, worker_main, settings, path, listener)
+                    shares.retire(index)
+                    workers[index] = _start_worker(spawn, index, settings, path, listener, shares)
         return _stop(workers, engine, listener, settings, lambda: len(stopping))
 
 
@@ -71,6 +74,17 @@ def _start(spawn: multiprocessing.context.SpawnContext, name: str, target: objec
     process: BaseProcess = spawn.Process(target=target, args=args, name=name, daemon=False)  # type: ignore[arg-type]
     process.start()
     return process
+
+
+def _start_worker(
+    spawn: multiprocessing.context.SpawnContext,
+    index: int,
+    settings: Settings,
+    path: str,
+    listener: socket.socket,
+    shares: Shares,
+) -> BaseProcess:
+    return _start(spawn, f"tandem-worker-{index}", worker_main, settings, path, listener, shares.of(index))
 
 
 def _forget(process: BaseProcess) -> None:
@@ -118,7 +132,7 @@ def _signal(process: BaseProcess) -> None:
         os.kill(process.pid, signal.SIGTERM)
 
 
-def worker_main(settings: Settings, path: str, listener: socket.socket) -> None:
+def worker_main(settings: Settings, path: str, listener: socket.socket, shares: Shares) -> None:
     """One HTTP worker: decode and validate here, run in the engine; it never imports a runtime.
 
     It is served like a single process (service.server): bounded request heads, the overload line, and on
@@ -136,7 +150,7 @@ def worker_main(settings: Settings, path: str, listener: socket.socket) -> None:
     lifecycle = app.state.lifecycle
     config = uvicorn.Config(
         app,
-        http=protocol_class(settings, lifecycle, app.state.refusals, app.request_ids),
+        http=protocol_class(settings, lifecycle, app.state.refusals, app.request_ids, shares),
         ws="none",
         lifespan="on",
         log_level=settings.log_level,
@@ -145,7 +159,7 @@ def worker_main(settings: Settings, path: str, listener: socket.socket) -> None:
         server_header=False,
         timeout_keep_alive=settings.keep_alive_timeout_s,
     )
-    Server(config, lifecycle).run(sockets=[listener])
+    Server(config, lifecycle, shares).run(sockets=[listener])
 
 
 def engine_main(settings: Settings, path: str) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import functools
+import http.client
 import json
 import os
 import shutil
@@ -169,6 +171,24 @@ def test_requests_to_different_workers_share_a_batch(server: ServerProcess) -> N
         if len(workers) >= 2:
             return
     pytest.fail("every queued request went to one worker five times")
+
+
+def test_connections_opened_together_spread_over_the_workers(server: ServerProcess) -> None:
+    # A client pool opens its connections at once and keeps them: each worker must take its share, or one
+    # worker's core saturates while another idles (service.balance).
+    share = 4
+    pool = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=60) for _ in range(WORKERS * share)]
+    for connection in pool:
+        connection.connect()
+    served: collections.Counter[str] = collections.Counter()
+    for connection in pool:
+        connection.request("GET", "/v2/health/live")
+        response = connection.getresponse()
+        response.read()
+        served[response.headers["x-request-id"].split("-")[0]] += 1  # ids carry the worker's pid
+        connection.close()
+    assert len(served) == WORKERS, served
+    assert max(served.values()) <= 2 * share, served
 
 
 def test_a_worker_that_dies_is_replaced(server: ServerProcess) -> None:
