@@ -17,8 +17,12 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.run import free_port
+from benchmarks.servers import free_port
 
 MODEL, INPUT, OUTPUT = "digits_mlp", "pixels", "probabilities"
 
@@ -192,10 +196,40 @@ def _shared(call: Call) -> Callable[[], Awaitable[Call]]:
     return connect
 
 
+def start_server(models: Path, port: int, env_extra: dict[str, str], cpu: str | None) -> subprocess.Popen[bytes]:
+    """`tandem serve` in its own process, optionally pinned to one CPU; returns once ready."""
+    env = {**os.environ, "TANDEM_LOG_LEVEL": "warning", **env_extra}
+    cmd = [sys.executable, "-m", "service", "serve", "--models", str(models), "--port", str(port)]
+    if cpu is not None:
+        cmd = ["taskset", "-c", cpu, *cmd]
+    proc = subprocess.Popen(cmd, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as resp:
+                if resp.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.25)
+    proc.kill()
+    raise SystemExit("server did not become ready in 120 s")
+
+
+def repository_with(models: Path, workdir: Path, max_batch_size: int | None) -> Path:
+    """A one-model repository copy whose model.json sets max_batch_size (None: as exported)."""
+    from service.repository import read_config
+
+    target = workdir / f"batch{max_batch_size}" / MODEL
+    shutil.copytree(models / MODEL, target)
+    config = read_config(target)
+    if max_batch_size is not None:
+        config.max_batch_size = max_batch_size
+    (target / "model.json").write_text(config.model_dump_json(exclude_none=True, indent=2))
+    return target.parent
+
+
 def main() -> None:
     """Start the server, run the comparison, stop the server."""
-    from benchmarks.run import repository_with, start_server
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--seconds", type=float, default=5.0)

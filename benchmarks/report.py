@@ -113,6 +113,29 @@ def median_rows(rows: list[Row]) -> list[Row]:
     return [sorted(found, key=lambda r: r.result.rps)[(len(found) - 1) // 2] for found in rounds.values()]
 
 
+def paired_ratios(every_round: list[Row]) -> list[tuple[Row, list[float]]]:
+    """For each tandem variant and level: its throughput over plain tandem's in the same round, round by round.
+
+    The two ran one after the other within each round, so a slow spell of the machine that spans a round
+    touches both: a ratio per round is steadier than a ratio of medians taken from different rounds.
+    """
+    seen: dict[tuple[str, ServerSpec, Level], list[Row]] = {}
+    for row in every_round:
+        seen.setdefault((row.setup, row.server, row.level), []).append(row)
+    paired: list[tuple[Row, list[float]]] = []
+    for (setup, server, level), found in seen.items():
+        plain = seen.get((setup, TANDEM, level), [])
+        if server.kind == "tandem" and server != TANDEM and len(plain) > 1:
+            ratios = [a.result.rps / b.result.rps for a, b in zip(found, plain, strict=False) if b.result.rps > 0]
+            paired.append((found[0], ratios))
+    return paired
+
+
+def lower_median(values: list[float]) -> float:
+    """The middle value; of two middle ones the lower (a measured value, never an average)."""
+    return sorted(values)[(len(values) - 1) // 2]
+
+
 def ceiling_ratio(row: Row, ceilings: list[Ceiling]) -> Ratio | None:
     """Binary rows/s over the in-process ceiling at the same batch size in the same setup."""
     if not row.level.workload.startswith("v2-binary"):
@@ -185,8 +208,8 @@ def targets(rows: list[Row], ceilings: list[Ceiling]) -> list[Target]:
     return found
 
 
-def render(rows: list[Row], ceilings: list[Ceiling]) -> str:
-    """The whole report: ceilings, the table, probe lines, then the targets."""
+def render(rows: list[Row], ceilings: list[Ceiling], every_round: list[Row] | None = None) -> str:
+    """The whole report: ceilings, the table, probe lines, per-round variant ratios, then the targets."""
     lines = ["in-process ONNX Runtime, one intra-op thread (the ceiling):"]
     for c in ceilings:
         lines.append(
@@ -198,6 +221,13 @@ def render(rows: list[Row], ceilings: list[Ceiling]) -> str:
     for row in rows:
         if row.probe is not None:
             lines.append(f"probe during {row.setup} {row.server.name} c={row.level.connections}: {row.probe.summary()}")
+    for row, ratios in paired_ratios(every_round or []):
+        level = row.level
+        rounds = " ".join(f"{r:.2f}" for r in ratios)
+        lines.append(
+            f"{row.server.name} / tandem, {row.setup} {level.model.name} {level.workload} c={level.connections},"
+            f" round by round: {rounds}; median {lower_median(ratios):.2f}x"
+        )
     found = targets(rows, ceilings)
     if found:
         lines += ["", f"{'target':<48} {'measured':>9} {'per cpu-s':>9} {'goal':>7}  met"]

@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     for setup in chosen:
         bench.measure_setup(setup, groups)
     print()
-    print(render(bench.rows, bench.ceilings))
+    print(render(bench.rows, bench.ceilings, bench.every_round))
     print(f"\nresults: {bench.save(' '.join(['python -m benchmarks.run', *(argv or sys.argv[1:])]))}")
     return 0
 

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.ceiling import Ceiling
 from benchmarks.models import CNN, MLP
-from benchmarks.report import Row, median_rows, render, targets
+from benchmarks.report import Row, median_rows, paired_ratios, render, targets
 from benchmarks.scenarios import Level, Options, parse_variant, plan, schedule
 from benchmarks.servers import NAIVE, TANDEM, ServerSpec
 from benchmarks.wrk import WrkResult
@@ -102,3 +102,9 @@ def test_rounds_reduce_to_the_median_round_and_a_variant_compares_with_plain_tan
     assert "1.67x tandem (per cpu-s 1.67x)" in render(kept, [])
     # an even number of rounds keeps the lower of the two middle ones: a real round, never an average
     assert median_rows(rows[:4])[1].result.rps == 4000
+    # round by round, each variant measurement over plain tandem's of the same round: 1.70, 1.67, 1.67
+    [(row, ratios)] = paired_ratios(rows)
+    assert row.server == workers2
+    assert [round(r, 2) for r in ratios] == [1.7, 1.67, 1.67]
+    assert "round by round: 1.70 1.67 1.67; median 1.67x" in render(kept, [], rows)
+    assert "round by round" not in render(kept, [], rows[:2])  # one round: nothing to pair beyond the table
