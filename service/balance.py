@@ -5,7 +5,7 @@ opens its connections at once (a load balancer's pool, a benchmark) can leave on
 connections of another for as long as they stay open: that worker saturates its core while the other idles.
 So each worker publishes how many connections it holds (one slot per worker in shared memory), and a worker
 that holds more than the least loaded accepting worker plus ACCEPT_SLACK leaves new connections to the others.
-It steps aside for at most PAUSE_S at a time: a connection the others leave waiting that long is taken anyway,
+It steps aside for at most PAUSE_S at a time: connections the others leave waiting that long are taken anyway,
 so a busy or stuck worker never stalls accepting.
 """
 
@@ -67,6 +67,7 @@ class BalancedListener:
         self._loop = asyncio.get_running_loop()
         self._pause: asyncio.TimerHandle | None = None
         self._open = True
+        self._backlog = backlog
         sock.listen(backlog)  # bound by the supervisor; listening from the first worker on
         sock.setblocking(False)
         shares.counts[shares.slot] = 0
@@ -90,18 +91,20 @@ class BalancedListener:
         else:
             self._accept()
 
-    def _accept(self) -> None:
+    def _accept(self) -> bool:
+        """Take one waiting connection; False when none was waiting (or accepting failed)."""
         try:
             conn, _ = self._sock.accept()
         except (BlockingIOError, InterruptedError):
-            return  # another worker took it
+            return False  # another worker took it
         except OSError as exc:  # out of file descriptors, say: try again shortly rather than spin
             log.warning("accepting a connection failed: %s", exc)
             self._step_aside()
-            return
+            return False
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._shares.opened()
         self._loop.create_task(self._connect(conn))
+        return True
 
     async def _connect(self, conn: socket.socket) -> None:
         try:
@@ -116,8 +119,14 @@ class BalancedListener:
         self._pause = self._loop.call_later(PAUSE_S, self._resume)
 
     def _resume(self) -> None:
-        """Back to accepting; a connection the others left waiting meanwhile is taken now, share or not."""
+        """Back to accepting; connections the others left waiting meanwhile are taken now, share or not.
+
+        All of them (up to a backlog's worth): while another worker is stuck, new connections wait at most
+        one pause, whatever their rate.
+        """
         self._pause = None
         if self._open:
             self._loop.add_reader(self._sock.fileno(), self._readable)
-            self._accept()
+            for _ in range(self._backlog):
+                if self._pause is not None or not self._accept():
+                    break

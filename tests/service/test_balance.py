@@ -86,14 +86,26 @@ def test_a_worker_past_its_share_leaves_new_connections_to_the_others(
     asyncio.run(scenario())
 
 
-def test_a_connection_the_others_leave_waiting_is_taken_anyway(listening: socket.socket) -> None:
+def test_connections_the_others_leave_waiting_are_taken_anyway(
+    listening: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
     counts = shares(2)
     counts.counts[1] = 0  # the other worker claims to accept but never does (busy, or stuck)
+    pauses: list[float] = []
+    step_aside = BalancedListener._step_aside
+
+    def counted(self: BalancedListener) -> None:
+        pauses.append(time.monotonic())
+        step_aside(self)
+
+    monkeypatch.setattr(BalancedListener, "_step_aside", counted)
 
     async def scenario() -> None:
         listener = BalancedListener(listening, counts.of(0), lambda: Accepted(), backlog=16)
-        clients = connect(listening, 6)
-        await until(lambda: counts.counts[0] == 6, "every connection accepted, a pause at a time")
+        clients = connect(listening, 6)  # all waiting before the loop runs the listener
+        await until(lambda: counts.counts[0] == 6, "every connection accepted")
+        # two taken within the share, one pause, then the four left waiting all at once (not one per pause)
+        assert len(pauses) == 1
         listener.close()
         for client in clients:
             client.close()
