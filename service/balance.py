@@ -20,7 +20,7 @@ from typing import Any
 
 log = logging.getLogger("tandem.workers")
 ACCEPT_SLACK = 1  # connections a worker may hold beyond the least loaded one and still accept
-PAUSE_S = 0.01  # how long an over-share worker leaves a waiting connection to the others
+PAUSE_S = 0.01  # how long an over-share worker leaves waiting connections to the others
 NOT_ACCEPTING = -1  # a slot whose worker is gone or no longer accepts
 
 
@@ -68,6 +68,7 @@ class BalancedListener:
         self._pause: asyncio.TimerHandle | None = None
         self._open = True
         self._backlog = backlog
+        self._starting: set[asyncio.Task[None]] = set()  # connections accepted, their transports not yet made
         sock.listen(backlog)  # bound by the supervisor; listening from the first worker on
         sock.setblocking(False)
         shares.counts[shares.slot] = 0
@@ -101,16 +102,22 @@ class BalancedListener:
             log.warning("accepting a connection failed: %s", exc)
             self._step_aside()
             return False
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._shares.opened()
-        self._loop.create_task(self._connect(conn))
+        task = self._loop.create_task(self._connect(conn))
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
         return True
 
     async def _connect(self, conn: socket.socket) -> None:
         try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await self._loop.connect_accepted_socket(self._protocol, conn)
         except OSError as exc:  # the client already went away
             log.debug("an accepted connection failed before it started: %s", exc)
+            conn.close()
+            self._shares.closed()
+        except Exception:  # a bug must not leave the count high or the socket open
+            log.exception("starting an accepted connection failed")
             conn.close()
             self._shares.closed()
 
