@@ -19,6 +19,7 @@ from service.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger("tandem.grpc")
+FLUSH_S = 1.0  # after the last call returned, how long answers get to reach their clients before the server closes
 
 
 class GrpcServer:
@@ -74,5 +75,7 @@ class GrpcServer:
         await self.health.changed()
         if not await self.front.drained(timeout_s):
             log.warning("gRPC calls still in flight after %.1f s; closing", timeout_s)
-        await self._server.stop(grace=None)  # what is left are health Watch streams; end them
+        # A call counts as done when its handler returns, before gRPC has sent its answer: give answers FLUSH_S to
+        # leave (ending at once would cancel them on the wire), then end what is left (health Watch streams).
+        await self._server.stop(grace=FLUSH_S)
         self._server = None
