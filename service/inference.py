@@ -29,6 +29,7 @@ class InferRequest:
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     rows: int = 1  # dim 0 shared by the batched inputs, set by validate()
+    parts: int = 1  # requests a worker gathered into this one (service.ipc.gather); each counts in the stats
 
 
 @dataclass(slots=True)

@@ -135,9 +135,11 @@ class Registry:
                 timing=timing,
             )
         except ServiceError:
-            model.stats.request_finished(False, started)
+            for _ in range(request.parts):
+                model.stats.request_finished(False, started)
             raise
-        model.stats.request_finished(True, started)
+        for _ in range(request.parts):
+            model.stats.request_finished(True, started)
         outputs = select(produced, model.outputs, request.outputs)
         return InferResponse(model.name, model.version, outputs, timing.queue_s, timing.compute_s, timing.batch_id)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from service.errors import ModelNotFoundError, ServiceUnavailableError
 from service.inference import InferRequest, InferResponse
-from service.ipc import wire
+from service.ipc import gather, wire
 from service.ipc.arena import Arena
 from service.ipc.views import ModelView, view
 from service.model import resolve
@@ -35,6 +35,7 @@ class RemoteEngine:
         self._waiting: dict[
             int, tuple[asyncio.Future[tuple[dict[str, Any], memoryview]], Callable[[], bool] | None]
         ] = {}
+        self._gathering = gather.Gathering()
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._gone_timer: asyncio.TimerHandle | None = None
@@ -161,8 +162,37 @@ class RemoteEngine:
 
     # ----- requests -----------------------------------------------------------------------------------
     async def infer(self, request: InferRequest, gone: Callable[[], bool] | None = None) -> InferResponse:
-        """Send a validated request to the engine (tensors through shared memory) and wait for its answer."""
+        """Send a validated request to the engine (tensors through shared memory) and wait for its answer.
+
+        Requests of one pass of the loop that would batch together travel as one message (service.ipc.gather).
+        """
         model = self._models.get(request.model, {}).get(request.version)
+        max_rows = model.limits.max_batch_size if model is not None and model.limits is not None else 0
+        key = gather.key_of(request, max_rows)
+        part = gather.Part(request, asyncio.get_running_loop().create_future(), gone)
+        if key is None:
+            self._send_parts([part])
+        else:
+            if not self._gathering.groups:
+                asyncio.get_running_loop().call_soon(self._send_gathered)
+            self._gathering.add(key, part, max_rows)
+        if model is not None:
+            model.inflight += 1
+        try:
+            answer, outputs = await part.future
+        finally:
+            if model is not None:
+                model.inflight -= 1
+        timing = answer["queue_s"], answer["compute_s"], answer["batch_id"]
+        return InferResponse(answer["model"], answer["version"], outputs, *timing)
+
+    def _send_gathered(self) -> None:
+        for parts in self._gathering.take():
+            self._send_parts(parts)
+
+    def _send_parts(self, parts: list[gather.Part]) -> None:
+        """One message for the parts; when its answer comes, each part gets its rows (or the error)."""
+        request = gather.merge(parts)
         refs, payload = wire.pack(request.inputs, self._arena)
         header = {
             "op": "infer",
@@ -173,24 +203,31 @@ class RemoteEngine:
             "deadline": request.deadline,
             "request_id": request.id,
             "rows": request.rows,
+            "parts": len(parts),
             "inputs": refs,
         }
-        if model is not None:
-            model.inflight += 1
         try:
-            answer, data = await self._send(header, payload, gone)
-        finally:
-            for offset in wire.released(refs):
-                self._arena.release(offset)
-            if model is not None:
-                model.inflight -= 1
-        outputs = wire.unpack(answer["outputs"], data, None)
-        timing = answer["queue_s"], answer["compute_s"], answer["batch_id"]
-        return InferResponse(answer["model"], answer["version"], outputs, *timing)
+            answered = self._post(header, payload, gather.all_gone(parts))
+        except EngineUnavailableError as exc:
+            answered = asyncio.get_running_loop().create_future()
+            answered.set_exception(exc)
+        answered.add_done_callback(lambda done: self._release(refs))
+        answered.add_done_callback(lambda done: gather.deliver(done, parts))
 
-    async def _send(
+    def _release(self, refs: list[dict[str, Any]]) -> None:
+        for offset in wire.released(refs):
+            self._arena.release(offset)
+
+    async def _send(self, header: dict[str, Any]) -> tuple[dict[str, Any], memoryview]:
+        answer, data = await self._post(header)
+        if "error" in answer:
+            raise wire.error_from(answer)
+        return answer, data
+
+    def _post(
         self, header: dict[str, Any], payload: list[bytes] | None = None, gone: Callable[[], bool] | None = None
-    ) -> tuple[dict[str, Any], memoryview]:
+    ) -> Answer:
+        """Queue a message for the engine; the future its answer resolves."""
         if self._writer is None or self._writer.is_closing() or not self._snapshot_seen.is_set():
             raise EngineUnavailableError("the engine process is not available")
         ident = header["id"] = next(self._ids)
@@ -199,10 +236,7 @@ class RemoteEngine:
         wire.write_frame(self._writer, header, payload or ())
         if gone is not None and self._gone_timer is None:
             self._gone_timer = asyncio.get_running_loop().call_later(GONE_CHECK_S, self._check_gone)
-        answer, data = await future
-        if "error" in answer:
-            raise wire.error_from(answer)
-        return answer, data
+        return future
 
     def _check_gone(self) -> None:
         # One timer per worker, not per request: tell the engine about clients that left, so it drops them.

@@ -107,6 +107,7 @@ class EngineServer:
                 deadline=header["deadline"],
                 id=header["request_id"],
                 rows=header["rows"],
+                parts=header.get("parts", 1),
             )
             response = await self.registry.infer(request, lambda: ident in gone)
         except ServiceError as exc:

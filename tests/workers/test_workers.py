@@ -114,8 +114,17 @@ def test_one_engine_holds_the_models_and_workers_never_import_a_runtime(server: 
     assert total(server, "tandem_model_ready", model="double") == 1
 
 
+def successes(server: ServerProcess, model: str) -> int:
+    """The model's V2 statistics: requests answered, over every version."""
+    stats = httpx.get(f"{server.url}/v2/models/{model}/stats", timeout=30).json()["model_stats"]
+    return sum(int(entry["inference_stats"]["success"]["count"]) for entry in stats)
+
+
 def test_metrics_count_every_request_across_workers(server: ServerProcess) -> None:
+    # Concurrent requests reach the engine gathered per worker loop pass (service.ipc.gather): each still
+    # gets its own rows back, and each counts once in the metrics and in the model's statistics.
     before = total(server, "tandem_requests_total", model="double", code="200")
+    answered_before = successes(server, "double")
 
     def one(value: int) -> tuple[int, str]:
         with httpx.Client(base_url=server.url, timeout=30) as client:
@@ -128,6 +137,7 @@ def test_metrics_count_every_request_across_workers(server: ServerProcess) -> No
     assert [code for code, _ in answers] == [200] * 200
     assert len({worker for _, worker in answers}) >= 2  # several workers answered (ids carry the pid)
     assert total(server, "tandem_requests_total", model="double", code="200") - before == 200
+    assert successes(server, "double") - answered_before == 200
 
 
 def ready_status(server: ServerProcess) -> int:
