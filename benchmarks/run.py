@@ -139,7 +139,7 @@ class Bench:
             for turn in range(rounds):
                 if rounds > 1:
                     print(f"round {turn + 1} of {rounds}", flush=True)
-                for level, members in schedule(groups):
+                for level, members in schedule(groups, turn):
                     for group in members:
                         rows.append(self.measure_level(setup, group, level, servers[groups.index(group)]))
                         print(format_row(rows[-1], ""), flush=True)

@@ -84,13 +84,17 @@ def plan(names: list[str], options: Options) -> list[Group]:
     return list(merged.values())
 
 
-def schedule(groups: list[Group]) -> list[tuple[Level, list[Group]]]:
-    """Level-major order: each level once, then every server that answers it, so their numbers lie seconds apart."""
+def schedule(groups: list[Group], turn: int = 0) -> list[tuple[Level, list[Group]]]:
+    """Level-major order: each level once, then every server that answers it, so their numbers lie seconds apart.
+
+    Odd rounds (`turn`) take a level's servers in reverse order, so that neither always runs right after the other:
+    on a shared host whichever goes second may meet what the first left behind (a throttled CPU, a busy neighbour).
+    """
     order: dict[Level, list[Group]] = {}
     for group in groups:
         for level in group.levels:
             order.setdefault(level, []).append(group)
-    return list(order.items())
+    return [(level, members[::-1] if turn % 2 else members) for level, members in order.items()]
 
 
 def parse_variant(text: str) -> ServerSpec:

@@ -48,6 +48,13 @@ def test_schedule_runs_every_server_at_a_level_before_the_next_level() -> None:
     ]
 
 
+def test_odd_rounds_take_a_levels_servers_in_reverse_order() -> None:
+    groups = plan(["json"], Options(mlp_connections=(64,)))
+    for turn in range(4):
+        expected = ["tandem", "naive"] if turn % 2 == 0 else ["naive", "tandem"]
+        assert all([g.server.name for g in members] == expected for _level, members in schedule(groups, turn))
+
+
 def test_overload_runs_its_own_server_with_a_short_queue() -> None:
     (group,) = plan(["overload"], Options())
     assert group.server.overrides == {"mnist_cnn": {"max_queue_size": 32}}
