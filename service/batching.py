@@ -80,6 +80,12 @@ class Pending:
     batch_id: int = 0
 
 
+def split_rows(outputs: Arrays, counts: Sequence[int]) -> list[Arrays]:
+    """Each request's rows of a batch's outputs, in order: views by slicing (np.split costs ten times as much)."""
+    bounds = itertools.pairwise(itertools.accumulate(counts, initial=0))
+    return [{name: out[start:stop] for name, out in outputs.items()} for start, stop in bounds]
+
+
 def shape_key(inputs: Arrays) -> ShapeKey:
     """Requests batch together only when every input agrees in name, dtype and non-batch dims."""
     return tuple((name, a.dtype, a.shape[1:]) for name, a in sorted(inputs.items(), key=_by_name))
@@ -171,8 +177,7 @@ class BatchRunner:
                 raise InternalError(f"{self._who}: output {name!r} has shape {list(out.shape)} for {rows} rows")
         if len(inputs) == 1:
             return [outputs], compute_s
-        bounds = itertools.pairwise(itertools.accumulate(counts, initial=0))
-        return [{name: out[start:stop] for name, out in outputs.items()} for start, stop in bounds], compute_s
+        return split_rows(outputs, counts), compute_s
 
     def _batch_error(self, done: asyncio.Future[Executed], rows: int) -> ServiceError | None:
         if done.cancelled():

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from service.batching import split_rows
 from service.errors import ServiceUnavailableError
 from service.inference import InferRequest
 from service.ipc import wire
@@ -91,9 +92,7 @@ def split(outputs: Outputs, parts: list[Part]) -> list[Outputs]:
     """Each part's rows of the merged outputs, in order (views, no copy)."""
     if len(parts) == 1:
         return [outputs]
-    bounds = np.cumsum([p.request.rows for p in parts])[:-1]
-    pieces = {name: np.split(array, bounds) for name, array in outputs.items()}
-    return [{name: cut[i] for name, cut in pieces.items()} for i in range(len(parts))]
+    return split_rows(outputs, [p.request.rows for p in parts])
 
 
 def all_gone(parts: list[Part]) -> Callable[[], bool] | None:
