@@ -82,8 +82,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(spec: ServerSpec, setup: Setup, repository: Path, log: Path) -> Iterator[Running]:
-    """Start the server (pinned to setup.server_cpus), yield it once ready, stop it on the way out."""
+def running(
+    spec: ServerSpec, setup: Setup, repository: Path, log: Path, source: Path | None = None
+) -> Iterator[Running]:
+    """Start the server (pinned to setup.server_cpus), yield it once ready, stop it on the way out.
+
+    `source`: a checkout whose `service` package to run instead of this one (`python -m` imports from there).
+    """
     port = free_port()
     cmd = server_command(spec, repository, port)
     if setup.server_cpus is not None:
@@ -91,7 +96,7 @@ def running(spec: ServerSpec, setup: Setup, repository: Path, log: Path) -> Iter
     # only flags configure the server: a stray TANDEM_* variable would change (or stop) it
     env = {key: value for key, value in os.environ.items() if not key.startswith("TANDEM_")}
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=source)
         try:
             base = f"http://127.0.0.1:{port}"
             _wait_ready(proc, base, log)
