@@ -54,18 +54,22 @@ class Gathering:
 
     def __init__(self) -> None:
         self.groups: dict[tuple[object, ...], list[list[Part]]] = {}
+        self._open_rows: dict[tuple[object, ...], int] = {}  # rows of each key's last group, not summed per add
 
     def add(self, key: tuple[object, ...], part: Part, max_rows: int) -> None:
         """Join the key's open group, or open another when its rows would pass max_rows."""
         groups = self.groups.setdefault(key, [[]])
-        if sum(p.request.rows for p in groups[-1]) + part.request.rows > max_rows:
+        rows = self._open_rows.get(key, 0) + part.request.rows
+        if rows > max_rows and groups[-1]:
             groups.append([])
+            rows = part.request.rows
         groups[-1].append(part)
+        self._open_rows[key] = rows
 
     def take(self) -> list[list[Part]]:
         """Every group, emptied from here."""
         found = [group for groups in self.groups.values() for group in groups if group]
-        self.groups = {}
+        self.groups, self._open_rows = {}, {}
         return found
 
 
