@@ -16,6 +16,7 @@ from starlette.types import Receive
 from service.codec import dumps
 from service.errors import (
     BadRequestError,
+    ClientGoneError,
     ForbiddenError,
     ModelNotReadyError,
     PayloadTooLargeError,
@@ -94,21 +95,31 @@ async def read_body(request: Request, max_bytes: int, *, decompress: bool = Fals
             raise BadRequestError("Content-Length is not a number")
         if int(length) > max_bytes:
             raise PayloadTooLargeError(f"request body of {length} bytes exceeds max_body_bytes={max_bytes}")
-        body = await request.body()
-    else:
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
-                raise PayloadTooLargeError(f"request body exceeds max_body_bytes={max_bytes}")
-            chunks.append(chunk)
-        body = b"".join(chunks)
+    body = await _receive_body(request.receive, max_bytes)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding == "identity":
         return body
     if not decompress or encoding not in ("gzip", "deflate"):
         raise UnsupportedMediaTypeError(f"Content-Encoding '{encoding:.40}' is not supported")
     return _inflate(body, encoding, max_bytes)
+
+
+async def _receive_body(receive: Receive, max_bytes: int) -> bytes:
+    # The ASGI messages read directly: a body that arrived whole (the common case) is one message, and no
+    # stream generator is needed to take it.
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGoneError("the client closed the connection while sending the request body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLargeError(f"request body exceeds max_body_bytes={max_bytes}")
+        if not message.get("more_body", False):
+            return chunk if not chunks else b"".join([*chunks, chunk])
+        chunks.append(chunk)
 
 
 def _inflate(body: bytes, encoding: str, max_bytes: int) -> bytes:
