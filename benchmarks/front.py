@@ -49,26 +49,34 @@ def scope_of(body: bodies.Body) -> dict[str, Any]:
     }
 
 
-async def request(app: App, body: bodies.Body) -> int:
-    """One request through the app; its status."""
-    delivered = False
-    status = 0
+class Cycle:
+    """One request's receive and send, shaped like uvicorn's request cycle (a `disconnected` flag beside them)."""
 
-    async def receive() -> dict[str, Any]:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": body.content, "more_body": False}
-        await asyncio.Event().wait()  # the client stays: a disconnect probe must find nothing
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.delivered = False
+        self.disconnected = False  # the client stays
+        self.status = 0
+
+    async def receive(self) -> dict[str, Any]:
+        """The whole body in one message, then nothing until the response (a client that stays)."""
+        if not self.delivered:
+            self.delivered = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
+    async def send(self, message: dict[str, Any]) -> None:
+        """Keep the status."""
         if message["type"] == "http.response.start":
-            status = message["status"]
+            self.status = message["status"]
 
-    await app(scope_of(body), receive, send)
-    return status
+
+async def request(app: App, body: bodies.Body) -> int:
+    """One request through the app; its status."""
+    cycle = Cycle(body.content)
+    await app(scope_of(body), cycle.receive, cycle.send)
+    return cycle.status
 
 
 async def lifespan(app: App) -> asyncio.Queue[dict[str, Any]]:

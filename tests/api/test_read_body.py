@@ -1,4 +1,4 @@
-"""read_body takes the ASGI body messages as they come: whole, in chunks, past the limit, or cut by a disconnect."""
+"""Reading a request: its body from the ASGI messages (whole, chunked, too big, cut off), the disconnect probe."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi import Request
 
-from service.api.http import read_body
+from service.api.http import disconnected, read_body
 from service.errors import ClientGoneError, PayloadTooLargeError
 
 
@@ -49,3 +49,36 @@ def test_a_client_that_leaves_mid_body_is_499_not_a_server_error() -> None:
     with pytest.raises(ClientGoneError) as caught:
         asyncio.run(read_body(request, 1024))
     assert caught.value.status_code == 499
+
+
+class Cycle:
+    """Shaped like uvicorn's request cycle: receive() beside a `disconnected` flag the connection's loss sets."""
+
+    def __init__(self) -> None:
+        self.disconnected = False
+        self.stepped = 0
+
+    async def receive(self) -> dict[str, Any]:
+        self.stepped += 1
+        return {"type": "http.disconnect"}
+
+
+def test_the_probe_reads_the_cycles_flag_when_receive_has_one() -> None:
+    cycle = Cycle()
+    gone = disconnected(cycle.receive)
+    assert gone() is False
+    cycle.disconnected = True
+    assert gone() is True
+    assert cycle.stepped == 0  # the flag answered: receive was never stepped
+
+
+def test_the_probe_steps_any_other_receive_once() -> None:
+    messages: list[dict[str, Any]] = [{"type": "http.disconnect"}]
+
+    async def receive() -> dict[str, Any]:
+        return messages[0]
+
+    gone = disconnected(receive)
+    assert gone() is True
+    messages[0] = {"type": "http.request", "body": b"", "more_body": False}
+    assert gone() is False
