@@ -23,7 +23,7 @@ from uvicorn.server import ServerState
 from service.balance import Shares
 from service.codec import dumps
 from service.http_overload import OverloadProtocol
-from service.http_transport import OneWrite
+from service.http_transport import BodyChunks, OneWrite
 from service.lifecycle import Lifecycle
 from service.logs import RequestIds
 from service.overload import Refusals
@@ -145,6 +145,7 @@ class BoundedHttpProtocol(OverloadProtocol):
                 self.cycle.keep_alive = False
             if not self.expect_100_continue and self.scope["method"] != "HEAD":
                 self.cycle.transport = OneWrite(self.transport)  # type: ignore[assignment]
+            self.cycle.body = BodyChunks()  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         """Body bytes go to the request, unless it was refused from its head."""

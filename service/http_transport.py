@@ -42,3 +42,32 @@ class OneWrite:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
+
+
+class BodyChunks:
+    """A request body as the chunks that arrived, kept as they are, for uvicorn's request cycle.
+
+    uvicorn gathers a body into a bytearray (`cycle.body += chunk`) and hands the app `bytes(cycle.body)`: two
+    copies of every body, 400 KB of memory traffic for a 200 KB tensor request. In their place this keeps the
+    chunks, and a body that arrived in one chunk reaches the app as that same object. It offers what the cycle
+    uses of a bytearray: `+=`, `len()` (for uvicorn's read pause past its high-water mark) and `bytes()`.
+    """
+
+    __slots__ = ("_chunks", "_size")
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def __iadd__(self, chunk: bytes) -> BodyChunks:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        return self
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bytes__(self) -> bytes:
+        if len(self._chunks) == 1:
+            return self._chunks[0]
+        return b"".join(self._chunks)

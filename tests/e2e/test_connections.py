@@ -107,3 +107,21 @@ def test_a_body_sent_with_its_head_does_not_count_as_head(server: ServerProcess)
     answer = exchange(server, head + b"Content-Length: %d\r\n\r\n" % len(body) + body)  # one write: head and body
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
     assert b'"data":[2.0,4.0,6.0,8.0]' in answer
+
+
+def test_a_body_in_pieces_and_the_next_request_on_the_connection_each_get_their_own_answer(
+    server: ServerProcess,
+) -> None:
+    def infer(data: list[float], *extra: bytes) -> tuple[bytes, bytes]:
+        tensor = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": data}
+        body = json.dumps({"inputs": [tensor]}).encode() + b" " * 200_000  # past uvicorn's 64 KiB read pause
+        head = b"POST /v2/models/double/infer HTTP/1.1\r\nHost: t\r\n" + b"".join(extra)
+        return head + b"Content-Length: %d\r\n\r\n" % len(body), body
+
+    head, body = infer([1, 2, 3, 4])
+    last_head, last_body = infer([5, 6, 7, 8], b"Connection: close\r\n")
+    pieces = [head, body[:70_000], body[70_000:140_000], body[140_000:], last_head + last_body]
+    answer = exchange(server, *pieces)
+    assert answer.count(b"HTTP/1.1 200 ") == 2, answer[:300]
+    first, second = answer.index(b'"data":[2.0,4.0,6.0,8.0]'), answer.index(b'"data":[10.0,12.0,14.0,16.0]')
+    assert first < second
