@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,7 +120,7 @@ def _decode_input(item: dict[str, Any], binary: memoryview, offset: int, max_byt
     if type(size) is not int or size < 0 or offset + size > len(binary):
         raise BadRequestError(f"{what}: binary_data_size {size!r:.20} does not fit the {len(binary)} binary bytes")
     chunk = binary[offset : offset + size]
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)  # exact, and bounded by check_shape
     if datatype == "BYTES":
         return deserialize_bytes_tensor(chunk, count, what).reshape(shape), offset + size
     if size != count * dtype.itemsize:
