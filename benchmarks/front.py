@@ -1,14 +1,16 @@
 """tandem's request path in-process, without HTTP: CPU microseconds per request, for changes too small for wrk.
 
 The app (`service.app.create_app`, one process, the benchmark's MLP) is driven through its ASGI entry with one
-784-value V2 or TF Serving JSON request at a time (c=1, one pass of the event loop between requests, as a lone
-client's requests arrive) or `--concurrency` requests at once. It prints the process's CPU time per request over
-`--requests` requests, `--repeat` times: noise only adds time, so the least of many short runs is the
-steadiest figure on a shared host, and the spread tells how steady the machine was. Uvicorn's protocol, the
-kernel and the load generator are left out; what is left is every microsecond tandem's own code spends.
+784-value V2 or TF Serving JSON request, or one 64-row binary V2 request, at a time (c=1, one pass of the event
+loop between requests, as a lone client's requests arrive) or `--concurrency` requests at once. It prints the
+process's CPU time per request over `--requests` requests, `--repeat` times: noise only adds time, so the least
+of many short runs is the steadiest figure on a shared host, and the spread tells how steady the machine was.
+Uvicorn's protocol, the kernel and the load generator are left out; what is left is every microsecond
+tandem's own code spends.
 
-    python -m benchmarks.front                    # V2 JSON, c=1 and c=64, three repeats
+    python -m benchmarks.front                    # V2 JSON, c=1 and c=64, 15 runs each
     python -m benchmarks.front --workload tfs-json --concurrency 1
+    python -m benchmarks.front --workload v2-binary-64 --concurrency 8 --requests 640
 """
 
 from __future__ import annotations
@@ -22,9 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import bodies
-from benchmarks.models import MLP, build_artifacts, write_repository
+from benchmarks.models import MLP, BenchModel, build_artifacts, write_repository
 
 App = Callable[[dict[str, Any], Any, Any], Coroutine[Any, Any, None]]
+WORKLOADS: dict[str, Callable[[BenchModel], bodies.Body]] = {
+    "v2-json": bodies.v2_json,
+    "tfs-json": bodies.tfs_json,
+    "v2-binary-64": bodies.v2_binary,  # 64 rows, binary output asked for
+}
 
 
 def scope_of(body: bodies.Body) -> dict[str, Any]:
@@ -121,7 +128,7 @@ async def run(args: argparse.Namespace) -> None:
     settings = Settings(models_dir=repository, intra_op_threads=1, device="cpu", log_level="warning", grpc_port=0)
     app: App = create_app(settings)
     events = await lifespan(app)
-    body = (bodies.v2_json if args.workload == "v2-json" else bodies.tfs_json)(MLP)
+    body = WORKLOADS[args.workload](MLP)
     for concurrency in args.concurrency:
         await measure(app, body, concurrency, min(args.requests, 2000))  # warm-up
         results = [await measure(app, body, concurrency, args.requests) for _ in range(args.repeat)]
@@ -137,7 +144,7 @@ async def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and measure."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.front", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workload", choices=("v2-json", "tfs-json"), default="v2-json")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="v2-json")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64], help="requests at once (1 64)")
     parser.add_argument("--requests", type=int, default=1280, help="requests per run (1280)")
     parser.add_argument("--repeat", type=int, default=15, help="runs per concurrency (15)")

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from benchmarks import bodies
-from benchmarks.front import measure, request, scope_of
+from benchmarks.front import WORKLOADS, measure, request, scope_of
 from benchmarks.models import MLP
 
 
@@ -35,10 +35,12 @@ def test_the_scope_is_what_uvicorn_passes_for_the_body() -> None:
     assert headers[b"inference-header-content-length"] == body.headers[bodies.BINARY_HEADER].encode()
 
 
-def test_a_request_delivers_the_body_and_returns_the_status() -> None:
-    app, body = Recorder(201), bodies.v2_json(MLP)
+@pytest.mark.parametrize("workload", sorted(WORKLOADS))
+def test_a_request_delivers_the_body_and_returns_the_status(workload: str) -> None:
+    app, body = Recorder(201), WORKLOADS[workload](MLP)
     assert asyncio.run(request(app, body)) == 201
     assert app.bodies == [body.content]
+    assert app.scopes[0]["path"] == body.path
 
 
 @pytest.mark.parametrize("concurrency", [1, 8])
