@@ -6,7 +6,8 @@ request target and each header are bounded (max_request_line_bytes -> 414, max_h
 head must arrive within header_timeout_s of the connection or of its first byte (408), so idle or trickling
 connections cannot pile up. The keep-alive idle timeout is uvicorn's (keep_alive_timeout_s).
 
-Under overload, connections wait in line for their model unread (service.http_overload).
+Under overload, connections wait in line for their model unread (service.http_overload). A request's body is kept
+as the chunks that arrived and its response leaves in one write (service.http_transport).
 """
 
 from __future__ import annotations

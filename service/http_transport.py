@@ -1,4 +1,4 @@
-"""A response's transport that sends its head and body together."""
+"""A connection's buffers: a response's head and body sent together, a request's body kept as it arrived."""
 
 from __future__ import annotations
 
