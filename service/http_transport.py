@@ -68,6 +68,4 @@ class BodyChunks:
         return self._size
 
     def __bytes__(self) -> bytes:
-        if len(self._chunks) == 1:
-            return self._chunks[0]
-        return b"".join(self._chunks)
+        return b"".join(self._chunks)  # one chunk: that object itself, joining copies nothing

@@ -117,9 +117,9 @@ async def _receive_body(receive: Receive, max_bytes: int) -> bytes:
         size += len(chunk)
         if size > max_bytes:
             raise PayloadTooLargeError(f"request body exceeds max_body_bytes={max_bytes}")
-        if not message.get("more_body", False):
-            return chunk if not chunks else b"".join([*chunks, chunk])
         chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)  # one chunk: that object itself, joining copies nothing
 
 
 def _inflate(body: bytes, encoding: str, max_bytes: int) -> bytes:
